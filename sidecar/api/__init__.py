@@ -1,0 +1,1 @@
+"""HTTP handlers: translate requests into a pipeline context and pipeline results back."""

@@ -1,0 +1,12 @@
+"""Typed keys for what the aiohttp applications share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.policy.holder import PolicyHolder
+
+HOLDER = web.AppKey("holder", PolicyHolder)
+LIFECYCLE = web.AppKey("lifecycle", dict[str, Any])  # {"draining": bool}

@@ -1,0 +1,134 @@
+"""The running sidecar: two listeners, the policy holder, the watcher, and shutdown order.
+
+The proxy listens on loopback (only the pod's own app may reach it); the ops listener
+serves health and status on all interfaces for the kubelet. On stop: readiness turns
+false, the listeners close, requests in flight (streams too) get `drain_timeout` to finish,
+then provider connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.api import openai as openai_api
+from sidecar.api import ops
+from sidecar.api.keys import HOLDER, LIFECYCLE
+from sidecar.policy.holder import PolicyHolder
+from sidecar.policy.watcher import watch
+
+log = logging.getLogger("sidecar")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policies: Path
+    host: str = "127.0.0.1"
+    port: int = 8480
+    ops_host: str = "0.0.0.0"
+    ops_port: int = 8481
+    drain_timeout: float = 30.0
+    max_body: int = 32 * 1024 * 1024  # images in requests are far above aiohttp's 1 MiB
+    watch: bool = True
+
+
+def proxy_app(holder: PolicyHolder, lifecycle: dict[str, Any], max_body: int) -> web.Application:
+    app = web.Application(client_max_size=max_body)
+    app[HOLDER] = holder
+    app[LIFECYCLE] = lifecycle
+    app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
+    app.router.add_post("/v1/embeddings", openai_api.embeddings)
+    app.router.add_get("/v1/models", openai_api.models)
+    app.router.add_route("*", "/{tail:.*}", openai_api.unknown_endpoint)
+    return app
+
+
+def ops_app(holder: PolicyHolder, lifecycle: dict[str, Any]) -> web.Application:
+    app = web.Application()
+    app[HOLDER] = holder
+    app[LIFECYCLE] = lifecycle
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/status", ops.status)
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=2048)
+    sock.setblocking(False)
+    return sock
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.holder = PolicyHolder(settings.policies, env)
+        self.lifecycle: dict[str, Any] = {"draining": False}
+        self._runners: list[web.AppRunner] = []
+        self._sockets: list[socket.socket] = []
+        self._stop_watching = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._sockets[0].getsockname()[1])
+
+    @property
+    def ops_port(self) -> int:
+        return int(self._sockets[1].getsockname()[1])
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.holder.reload()
+        for app, host, port, timeout in (
+            (proxy_app(self.holder, self.lifecycle, s.max_body), s.host, s.port, s.drain_timeout),
+            (ops_app(self.holder, self.lifecycle), s.ops_host, s.ops_port, 1.0),
+        ):
+            runner = web.AppRunner(
+                app, access_log=None, handler_cancellation=True, shutdown_timeout=timeout
+            )
+            await runner.setup()
+            sock = _listen(host, port)
+            await web.SockSite(runner, sock).start()
+            self._runners.append(runner)
+            self._sockets.append(sock)
+        if s.watch:
+            self._watcher = asyncio.create_task(watch(self.holder, self._stop_watching))
+        log.info(
+            "listening on http://%s:%d (ops on %s:%d), policies from %s",
+            s.host,
+            self.port,
+            s.ops_host,
+            self.ops_port,
+            s.policies,
+        )
+
+    async def stop(self) -> None:
+        self.lifecycle["draining"] = True
+        self._stop_watching.set()
+        proxy, ops_runner = self._runners
+        await proxy.cleanup()  # stops accepting, then waits for requests in flight
+        await ops_runner.cleanup()
+        if self._watcher is not None:
+            await self._watcher
+        await self.holder.close()
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("signal received: draining for up to %.0fs", self.settings.drain_timeout)
+        await self.stop()

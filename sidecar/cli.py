@@ -1,0 +1,98 @@
+"""Entry points: `llm-sidecar serve` and `llm-sidecar check`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sidecar.policy.compile import load_folder
+from sidecar.policy.problems import PolicyInvalid
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-sidecar", description="An LLM gateway beside your app.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the sidecar")
+    serve.add_argument(
+        "--policies",
+        type=Path,
+        default=os.environ.get("SIDECAR_POLICIES"),
+        help="policy folder (default $SIDECAR_POLICIES)",
+    )
+    serve.add_argument("--host", default=os.environ.get("SIDECAR_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=_env_int("SIDECAR_PORT", 8480))
+    serve.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
+    serve.add_argument("--ops-port", type=int, default=_env_int("SIDECAR_OPS_PORT", 8481))
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(os.environ.get("SIDECAR_DRAIN_TIMEOUT", "30")),
+        help="seconds requests in flight get to finish after SIGTERM (default 30)",
+    )
+    serve.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
+
+    check = sub.add_parser(
+        "check", help="validate a policy folder (exit 1 with FILE:LINE: problems)"
+    )
+    check.add_argument("folder", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.folder)
+    return serve(args)
+
+
+def check(folder: Path) -> int:
+    try:
+        policy = load_folder(folder)
+    except PolicyInvalid as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 1
+    print(
+        f"ok: {len(policy.files)} file(s), {len(policy.routes)} route(s), "
+        f"{len(policy.models)} model(s), {len(policy.providers)} provider(s); "
+        f"version {policy.version}"
+    )
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from sidecar.app import Settings, Sidecar  # the server stack is not needed by `check`
+
+    if args.policies is None:
+        print("llm-sidecar serve: give --policies DIR or set SIDECAR_POLICIES", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings(
+        policies=args.policies,
+        host=args.host,
+        port=args.port,
+        ops_host=args.ops_host,
+        ops_port=args.ops_port,
+        drain_timeout=args.drain_timeout,
+    )
+    try:
+        import uvloop
+
+        uvloop.run(Sidecar(settings).run_until_signalled())
+    except ImportError:
+        asyncio.run(Sidecar(settings).run_until_signalled())
+    return 0

@@ -1,0 +1,48 @@
+"""Everything one request carries through the pipeline, from handler to response."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.errors import FailedAttempt
+from sidecar.policy.holder import Snapshot
+from sidecar.policy.model import Model, Route
+
+
+@dataclass(slots=True)
+class RequestContext:
+    operation: str  # providers.base.CHAT | EMBEDDINGS
+    body: Mapping[str, Any]  # the client's request; never mutated
+    headers: Mapping[str, str]  # the client's request headers (case-insensitive)
+    snapshot: Snapshot  # the policy this request started with, kept to its end
+    started: float = field(default_factory=time.monotonic)
+    stream: bool = False
+    # identify
+    user: str | None = None
+    team: str | None = None
+    # route
+    route: Route | None = None
+    # dispatch
+    attempts: int = 0
+    answered_by: Model | None = None
+    failures: list[FailedAttempt] = field(default_factory=list)
+
+    @property
+    def deadline(self) -> float:
+        assert self.route is not None
+        return self.started + self.route.timeout
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"x-sidecar-policy-version": self.snapshot.version}
+        if self.route is not None:
+            headers["x-sidecar-route"] = self.route.name
+            headers["x-sidecar-attempts"] = str(self.attempts)
+        if self.answered_by is not None:
+            headers["x-sidecar-provider"] = self.answered_by.provider
+            headers["x-sidecar-model"] = self.answered_by.name
+            if self.failures:
+                headers["x-sidecar-fallback-reason"] = self.failures[-1].error.kind
+        return headers

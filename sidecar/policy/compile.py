@@ -1,0 +1,238 @@
+"""Cross-check and compile policy documents into one frozen `Policy`.
+
+Parse → validate structure → merge by name → cross-check references → compile. Every
+problem found is collected, with its file and line, and raised together: a policy either
+compiles whole or not at all, so a bad edit can never half-apply.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.policy.durations import parse_duration
+from sidecar.policy.model import (
+    Condition,
+    MockSettings,
+    Model,
+    Policy,
+    Price,
+    ProviderConfig,
+    Retry,
+    Route,
+    RouteSet,
+)
+from sidecar.policy.problems import PolicyInvalid, Problem
+from sidecar.policy.schema import SECTIONS, structure_errors
+from sidecar.policy.secret import Secret
+from sidecar.policy.source import Document, SourceFile, content_hash, parse, read_folder
+
+DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1"}
+DEFAULT_PROVIDER_TIMEOUT = 60.0
+DEFAULT_ROUTE_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A named entry of a section, with where it was written."""
+
+    name: str
+    body: dict[str, Any]
+    doc: Document
+    path: tuple[str, str]
+
+    def line(self, *sub: str | int) -> int:
+        return self.doc.line_of((*self.path, *sub))
+
+    def problem(self, message: str, *sub: str | int) -> Problem:
+        return Problem(self.doc.file, self.line(*sub), message)
+
+
+def load_folder(folder: Path, env: Mapping[str, str] | None = None) -> Policy:
+    if not folder.is_dir():
+        raise PolicyInvalid([Problem(str(folder), 0, "policy folder does not exist")])
+    return compile_sources(read_folder(folder), os.environ if env is None else env)
+
+
+def compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
+    problems: list[Problem] = []
+    docs = [d for f in files if (d := parse(f, env, problems)) is not None]
+    for doc in docs:
+        for path, message in structure_errors(doc.data):
+            problems.append(Problem(doc.file, doc.line_of(path), message))
+    if problems:
+        raise PolicyInvalid(problems)
+    sections = _merge(docs, problems)
+    if problems:
+        raise PolicyInvalid(problems)
+    policy = _Compiler(sections, problems).policy(content_hash(files), tuple(f.name for f in files))
+    if problems:
+        raise PolicyInvalid(problems)
+    return policy
+
+
+def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str, _Entry]]:
+    sections: dict[str, dict[str, _Entry]] = {s: {} for s in SECTIONS}
+    for doc in docs:
+        for section in SECTIONS:
+            for name, body in (doc.data.get(section) or {}).items():
+                entry = _Entry(name, body, doc, (section, name))
+                first = sections[section].get(name)
+                if first is not None:
+                    problems.append(
+                        entry.problem(
+                            f"{section} '{name}' is defined twice: in "
+                            f"{first.doc.file}:{first.line()} and {doc.file}:{entry.line()}"
+                        )
+                    )
+                    continue
+                sections[section][name] = entry
+    return sections
+
+
+class _Compiler:
+    def __init__(self, sections: dict[str, dict[str, _Entry]], problems: list[Problem]) -> None:
+        self.sections = sections
+        self.problems = problems
+
+    def policy(self, version: str, files: tuple[str, ...]) -> Policy:
+        providers = {e.name: self.provider(e) for e in self.sections["providers"].values()}
+        models: dict[str, Model] = {}
+        for e in self.sections["models"].values():
+            if e.body["provider"] not in providers:
+                self.problems.append(
+                    e.problem(
+                        f"model '{e.name}' uses provider '{e.body['provider']}', which is not "
+                        f"defined (providers: {_names(providers)})",
+                        "provider",
+                    )
+                )
+            models[e.name] = self.model(e)
+        routes = {e.name: self.route(e, models) for e in self.sections["routes"].values()}
+        by_model = self.route_sets(routes, models)
+        public = tuple(dict.fromkeys([*(r.model for r in routes.values()), *models]))
+        return Policy(version, files, providers, models, routes, by_model, public)
+
+    def provider(self, e: _Entry) -> ProviderConfig:
+        b = e.body
+        kind = b["type"]
+        mock = b.get("mock") or {}
+        return ProviderConfig(
+            name=e.name,
+            type=kind,
+            base_url=(b.get("base_url") or DEFAULT_BASE_URL.get(kind, f"mock://{e.name}")).rstrip(
+                "/"
+            ),
+            api_key=Secret(b.get("api_key") or ""),
+            timeout=_seconds(b.get("timeout"), DEFAULT_PROVIDER_TIMEOUT),
+            headers=tuple((k.lower(), v) for k, v in (b.get("headers") or {}).items()),
+            max_connections=b.get("max_connections", 256),
+            mock=MockSettings(
+                reply=mock.get("reply"),
+                latency=_seconds(mock.get("latency"), 0.0),
+                chunk_delay=_seconds(mock.get("chunk_delay"), 0.0),
+                embedding_dims=mock.get("embedding_dims", 16),
+            ),
+        )
+
+    def model(self, e: _Entry) -> Model:
+        price = e.body.get("price") or {}
+        return Model(
+            name=e.name,
+            provider=e.body["provider"],
+            upstream=e.body.get("name") or e.name,
+            price=Price(
+                input=float(price.get("input", 0.0)),
+                output=float(price.get("output", 0.0)),
+                cached_input=(float(price["cached_input"]) if "cached_input" in price else None),
+            ),
+        )
+
+    def route(self, e: _Entry, models: dict[str, Model]) -> Route:
+        b = e.body
+        targets = []
+        for i, name in enumerate(b["targets"]):
+            if name in models:
+                targets.append(models[name])
+            else:
+                self.problems.append(
+                    e.problem(
+                        f"route '{e.name}' targets model '{name}', which is not defined "
+                        f"(models: {_names(models)})",
+                        "targets",
+                        i,
+                    )
+                )
+        match = b.get("match") or {}
+        conditions = [
+            Condition("header", header.lower(), _values(v))
+            for header, v in (match.get("headers") or {}).items()
+        ]
+        conditions += [Condition(k, "", _values(match[k])) for k in ("user", "team") if k in match]
+        retry = b.get("retry") or {}
+        return Route(
+            name=e.name,
+            model=match.get("model", e.name),
+            conditions=tuple(conditions),
+            targets=tuple(targets),
+            retry=Retry(
+                attempts=retry.get("attempts", 1),
+                backoff=_seconds(retry.get("backoff"), 0.25),
+            ),
+            timeout=_seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
+        )
+
+    def route_sets(self, routes: dict[str, Route], models: dict[str, Model]) -> dict[str, RouteSet]:
+        grouped: dict[str, list[Route]] = {}
+        for route in routes.values():
+            grouped.setdefault(route.model, []).append(route)
+        for name, model in models.items():
+            if not any(not r.conditions for r in grouped.get(name, ())):
+                grouped.setdefault(name, []).append(
+                    Route(name, name, (), (model,), Retry(), DEFAULT_ROUTE_TIMEOUT, implicit=True)
+                )
+        sets: dict[str, RouteSet] = {}
+        for model, group in grouped.items():
+            defaults = [r for r in group if not r.conditions]
+            conditional = [r for r in group if r.conditions]
+            for a, b in itertools.combinations(defaults, 2):
+                self._ambiguous(a, b, model, "neither has match conditions")
+            for a, b in itertools.combinations(conditional, 2):
+                if not _disjoint(a, b):
+                    self._ambiguous(a, b, model, "their conditions overlap")
+            sets[model] = RouteSet(tuple(conditional), defaults[0] if defaults else None)
+        return sets
+
+    def _ambiguous(self, a: Route, b: Route, model: str, why: str) -> None:
+        ea, eb = self.sections["routes"][a.name], self.sections["routes"][b.name]
+        self.problems.append(
+            eb.problem(
+                f"routes '{a.name}' ({ea.doc.file}:{ea.line()}) and '{b.name}' both match "
+                f"model '{model}' and {why}: give them disjoint conditions on a shared "
+                f"header, user or team"
+            )
+        )
+
+
+def _disjoint(a: Route, b: Route) -> bool:
+    """True when no caller can satisfy both routes: a shared key with no value in common."""
+    theirs = {(c.kind, c.key): c.values for c in b.conditions}
+    return any(
+        (c.kind, c.key) in theirs and not (c.values & theirs[(c.kind, c.key)]) for c in a.conditions
+    )
+
+
+def _values(v: str | list[str]) -> frozenset[str]:
+    return frozenset([v] if isinstance(v, str) else v)
+
+
+def _seconds(text: str | None, default: float) -> float:
+    return default if text is None else parse_duration(text)
+
+
+def _names(d: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(d)) or "none"

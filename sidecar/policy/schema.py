@@ -1,0 +1,147 @@
+"""The structure of a policy file, for cerberus: one definition per section.
+
+These plain dicts are the single source of truth for the format; `check` and the
+loader validate with them, and a published JSON Schema can be generated from them.
+References between sections (a target naming a model) are checked later, in `compile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import cerberus
+from cerberus.errors import BasicErrorHandler, ValidationError
+
+from sidecar.policy.durations import parse_duration
+
+PROVIDER_TYPES = ("openai", "mock")
+
+DURATION: dict[str, Any] = {"type": "string", "check_with": "duration"}
+NAMES: dict[str, Any] = {
+    # A condition value: one string or a list of strings, any of which matches.
+    "type": ["string", "list"],
+    "schema": {"type": "string"},
+    "minlength": 1,
+}
+
+MOCK: dict[str, Any] = {
+    "reply": {"type": "string"},
+    "latency": DURATION,
+    "chunk_delay": DURATION,
+    "embedding_dims": {"type": "integer", "min": 1, "max": 8192},
+}
+
+PROVIDER: dict[str, Any] = {
+    "type": {"type": "string", "required": True, "allowed": list(PROVIDER_TYPES)},
+    "base_url": {"type": "string", "check_with": "url"},
+    "api_key": {"type": "string"},
+    "timeout": DURATION,
+    "headers": {"type": "dict", "keysrules": {"type": "string"}, "valuesrules": {"type": "string"}},
+    "max_connections": {"type": "integer", "min": 1, "max": 10000},
+    "mock": {"type": "dict", "schema": MOCK},
+}
+
+PRICE: dict[str, Any] = {
+    "input": {"type": "number", "min": 0},
+    "output": {"type": "number", "min": 0},
+    "cached_input": {"type": "number", "min": 0},
+}
+
+MODEL: dict[str, Any] = {
+    "provider": {"type": "string", "required": True},
+    "name": {"type": "string", "empty": False},
+    "price": {"type": "dict", "schema": PRICE},
+}
+
+MATCH: dict[str, Any] = {
+    "model": {"type": "string", "empty": False},
+    "headers": {"type": "dict", "keysrules": {"type": "string"}, "valuesrules": NAMES},
+    "user": NAMES,
+    "team": NAMES,
+}
+
+RETRY: dict[str, Any] = {
+    "attempts": {"type": "integer", "min": 1, "max": 10},
+    "backoff": DURATION,
+}
+
+ROUTE: dict[str, Any] = {
+    "match": {"type": "dict", "schema": MATCH},
+    "targets": {
+        "type": "list",
+        "required": True,
+        "minlength": 1,
+        "schema": {"type": "string", "empty": False},
+    },
+    "retry": {"type": "dict", "schema": RETRY},
+    "timeout": DURATION,
+}
+
+
+def _named(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "dict",
+        "keysrules": {"type": "string", "regex": r"[A-Za-z0-9][A-Za-z0-9._:/@-]*"},
+        "valuesrules": {"type": "dict", "schema": entry},
+    }
+
+
+POLICY_FILE: dict[str, Any] = {
+    "providers": _named(PROVIDER),
+    "models": _named(MODEL),
+    "routes": _named(ROUTE),
+}
+
+# Named sections merge across files by entry name.
+SECTIONS = tuple(POLICY_FILE)
+
+
+class _Validator(cerberus.Validator):  # type: ignore[misc]
+    def _check_with_duration(self, field: str, value: Any) -> None:
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            self._error(field, str(exc))
+
+    def _check_with_url(self, field: str, value: Any) -> None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self._error(field, f"'{value}' is not an http(s) URL")
+
+
+_MESSAGES = BasicErrorHandler()
+
+
+def structure_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Each structural problem as (path in the document, message)."""
+    validator = _Validator(POLICY_FILE)  # not reentrant: one per call, reloads may overlap
+    if validator.validate(data):
+        return []
+    return sorted(
+        ((tuple(e.document_path), _message(e)) for e in _leaves(validator._errors)),
+        key=lambda pm: [str(p) for p in pm[0]],
+    )
+
+
+def _leaves(errors: list[ValidationError]) -> Iterator[ValidationError]:
+    for error in errors:
+        if error.child_errors and not error.is_logic_error:
+            yield from _leaves(error.child_errors)
+        else:
+            yield error
+
+
+def _message(error: ValidationError) -> str:
+    path = ".".join(str(p) for p in error.document_path)
+    if error.code == 0x03:  # unknown field
+        return f"unknown key '{error.field}' at {path}"
+    if error.code == 0x02:  # required field
+        return f"'{path}' is required"
+    text = (
+        error.info[0]
+        if error.code == 0x00 and error.info
+        else _MESSAGES._format_message(error.field, error)
+    )
+    return f"{path}: {text}"

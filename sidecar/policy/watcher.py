@@ -1,0 +1,42 @@
+"""Hot reload: any filesystem event in the policy folder triggers a re-read.
+
+watchfiles' default filter and debounce are wrong for us: ConfigMap updates happen in
+`..`-prefixed folders that the default filter may skip, and its 1.6 s debounce is slow.
+Events are only a hint: `PolicyHolder.reload` compares content hashes, so a storm of events
+or an event for an unrelated file costs one folder read. A periodic re-read covers the
+cases inotify cannot see (the folder itself replaced, network filesystems).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from watchfiles import awatch
+
+from sidecar.policy.holder import PolicyHolder
+
+log = logging.getLogger("sidecar.policy")
+
+
+async def watch(holder: PolicyHolder, stop: asyncio.Event, *, rescan: float = 5.0) -> None:
+    while not stop.is_set():
+        try:
+            async for _ in awatch(
+                holder.folder,
+                watch_filter=None,
+                debounce=100,
+                step=20,
+                stop_event=stop,
+                rust_timeout=int(rescan * 1000),
+                yield_on_timeout=True,
+                recursive=True,
+            ):
+                await holder.reload()
+        except (FileNotFoundError, RuntimeError, OSError) as exc:
+            # The folder is gone (or never was): poll until it is back.
+            log.warning("cannot watch %s (%s); polling every %.0fs", holder.folder, exc, rescan)
+            try:
+                await asyncio.wait_for(stop.wait(), rescan)
+            except TimeoutError:
+                await holder.reload()

@@ -1,0 +1,1 @@
+"""Provider adapters: one class per wire format behind the `Provider` seam."""

@@ -1,0 +1,64 @@
+"""Live provider clients, kept across reloads by configuration.
+
+A reload that leaves a provider's configuration unchanged keeps its client and warm
+connections; a changed or removed one is retired and closed once its last call is done.
+This is the only state the providers hold, and it is keyed by stable names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from sidecar.policy.model import ProviderConfig
+from sidecar.providers.mock import MockProvider
+from sidecar.providers.openai import OpenAIProvider
+
+log = logging.getLogger(__name__)
+
+Adapter = OpenAIProvider | MockProvider
+ADAPTERS: dict[str, type[OpenAIProvider] | type[MockProvider]] = {
+    "openai": OpenAIProvider,
+    "mock": MockProvider,
+}
+
+
+class ProviderPool:
+    def __init__(self) -> None:
+        self._live: dict[str, tuple[ProviderConfig, Adapter]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def materialize(self, configs: Mapping[str, ProviderConfig]) -> dict[str, Adapter]:
+        """Clients for `configs`, reusing unchanged ones; retires the rest."""
+        live: dict[str, tuple[ProviderConfig, Adapter]] = {}
+        for name, config in configs.items():
+            current = self._live.get(name)
+            if current is not None and current[0] == config:
+                live[name] = current
+            else:
+                live[name] = (config, ADAPTERS[config.type](config))
+        kept = {id(adapter) for _, adapter in live.values()}
+        for _, adapter in self._live.values():
+            if id(adapter) not in kept:
+                self._retire(adapter)
+        self._live = live
+        return {name: adapter for name, (_, adapter) in live.items()}
+
+    def _retire(self, adapter: Adapter) -> None:
+        def close() -> None:
+            task = asyncio.get_running_loop().create_task(adapter.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+        if adapter.busy:
+            adapter.when_idle(close)
+        else:
+            close()
+
+    async def close(self) -> None:
+        for _, adapter in self._live.values():
+            await adapter.close()
+        self._live = {}
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
