@@ -90,9 +90,9 @@ def serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
     )
     try:
-        import uvloop
-
-        uvloop.run(Sidecar(settings).run_until_signalled())
+        import uvloop  # roughly doubles requests per second on one core
     except ImportError:
         asyncio.run(Sidecar(settings).run_until_signalled())
+    else:
+        uvloop.run(Sidecar(settings).run_until_signalled())
     return 0

@@ -1,0 +1,96 @@
+"""Run the sidecar for a test: in-process on random loopback ports, or as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+
+from sidecar.app import Settings, Sidecar
+
+
+def write_policy(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+async def start_sidecar(folder: Path, env: Mapping[str, str] | None = None, **settings: object) -> Sidecar:
+    sidecar = Sidecar(
+        Settings(policies=folder, port=0, ops_host="127.0.0.1", ops_port=0, **settings),  # type: ignore[arg-type]
+        env=env if env is not None else {},
+    )
+    await sidecar.start()
+    return sidecar
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SidecarProcess:
+    """`llm-sidecar serve` as a child process, as a user (or Kubernetes) runs it."""
+
+    def __init__(self, folder: Path, env: Mapping[str, str] | None = None, *args: str) -> None:
+        self.port = free_port()
+        self.ops_port = free_port()
+        self.log_path = folder.parent / f"sidecar-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "sidecar", "serve", "--policies", str(folder),
+                "--port", str(self.port), "--ops-host", "127.0.0.1", "--ops-port", str(self.ops_port), *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    async with session.get(f"http://127.0.0.1:{self.ops_port}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"sidecar not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

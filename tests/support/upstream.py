@@ -1,0 +1,164 @@
+"""A fake OpenAI-compatible provider: a real HTTP server on 127.0.0.1 with scripted faults.
+
+Behaviour is chosen per upstream model name, so one server can play a healthy provider,
+a failing one and a slow one in the same test. Every request it receives is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    """What the fake does for one model. Defaults: answer at once with `reply`."""
+
+    reply: str = "hello from upstream"
+    status: int = 200  # non-200: answer with this status and an OpenAI error body
+    error_body: dict[str, Any] | None = None
+    retry_after: str | None = None
+    delay: float = 0.0  # before the response headers
+    chunk_delay: float = 0.0  # between stream events
+    drop: bool = False  # close the connection without answering
+    cut_after: int | None = None  # streams: close the connection after this many events
+    fail_times: int | None = None  # fail only this many times, then behave normally
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.seen: list[Seen] = []
+        self.cancelled = 0  # requests whose client went away before we finished
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def behave(self, model: str, **kwargs: Any) -> Behaviour:
+        self.behaviours[model] = Behaviour(**kwargs)
+        return self.behaviours[model]
+
+    def calls(self, model: str | None = None) -> list[Seen]:
+        return [s for s in self.seen if model is None or s.body.get("model") == model]
+
+    async def start(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app, handler_cancellation=True)
+        await self._runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _common(self, request: web.Request) -> tuple[dict[str, Any], Behaviour, web.StreamResponse | None]:
+        body = await request.json()
+        self.seen.append(Seen(request.path, dict(request.headers), body))
+        b = self.behaviours.get(body.get("model"), Behaviour())
+        failing = b.fail_times is None or b.fail_times > 0
+        if b.fail_times is not None and b.fail_times > 0:
+            b.fail_times -= 1
+        try:
+            if b.delay:
+                await asyncio.sleep(b.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if failing and b.drop:
+            assert request.transport is not None
+            request.transport.close()
+            return body, b, web.Response(status=500)
+        if failing and b.status != 200:
+            error = b.error_body or {
+                "error": {"message": f"fake failure {b.status}", "type": "server_error", "code": None}
+            }
+            headers = {"retry-after": b.retry_after} if b.retry_after else {}
+            return body, b, web.json_response(error, status=b.status, headers=headers)
+        return body, b, None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, b, early = await self._common(request)
+        if early is not None:
+            return early
+        model = body["model"]
+        if not body.get("stream"):
+            return web.json_response(completion(model, b.reply))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        events = stream_events(model, b.reply, (body.get("stream_options") or {}).get("include_usage", False))
+        try:
+            for i, event in enumerate(events):
+                if b.cut_after is not None and i >= b.cut_after:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if b.chunk_delay and i:
+                    await asyncio.sleep(b.chunk_delay)
+                await response.write(event)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+        await response.write_eof()
+        return response
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._common(request)
+        if early is not None:
+            return early
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(str(x))), 1.0, 0.0]}
+            for i, x in enumerate(inputs)
+        ]
+        usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
+        return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+
+def completion(model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+
+
+def stream_events(model: str, text: str, include_usage: bool) -> list[bytes]:
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model, "choices": choices, **extra}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    for i, word in enumerate(text.split(" ")):
+        events.append(event([{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}]))
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    if include_usage:
+        events.append(event([], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}))
+    events.append(b"data: [DONE]\n\n")
+    return events
