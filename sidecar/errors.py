@@ -79,11 +79,12 @@ CONNECT = "connect"
 TIMEOUT = "timeout"
 HTTP_5XX = "5xx"
 HTTP_429 = "429"
+OVERLOADED = "overloaded"  # Anthropic's 529
 AUTH = "auth"
 PROTOCOL = "protocol"
 CLIENT = "4xx"  # the request's own fault: not retried, not failed over
 
-FAILOVER_KINDS = frozenset({CONNECT, TIMEOUT, HTTP_5XX, HTTP_429, AUTH, PROTOCOL})
+FAILOVER_KINDS = frozenset({CONNECT, TIMEOUT, HTTP_5XX, HTTP_429, OVERLOADED, AUTH, PROTOCOL})
 
 
 class UpstreamError(Exception):

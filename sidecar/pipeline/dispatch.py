@@ -49,7 +49,7 @@ async def dispatch(ctx: RequestContext) -> Reply:
                 raise TargetsExhausted(route.name, ctx.failures, " before the route's timeout")
             budget = min(left, provider_timeout)
             ctx.attempts += 1
-            call = Call(ctx.operation, ctx.body, target.upstream, ctx.stream, provider_timeout)
+            call = Call(ctx.operation, ctx.body, target.upstream, ctx.stream)
             reply: Reply | None = None
             try:
                 async with asyncio.timeout(budget):

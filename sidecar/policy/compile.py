@@ -31,7 +31,7 @@ from sidecar.policy.schema import SECTIONS, structure_errors
 from sidecar.policy.secret import Secret
 from sidecar.policy.source import Document, SourceFile, content_hash, parse, read_folder
 
-DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1"}
+DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_PROVIDER_TIMEOUT = 60.0
 DEFAULT_ROUTE_TIMEOUT = 120.0
 
@@ -131,6 +131,8 @@ class _Compiler:
             timeout=_seconds(b.get("timeout"), DEFAULT_PROVIDER_TIMEOUT),
             headers=tuple((k.lower(), v) for k, v in (b.get("headers") or {}).items()),
             max_connections=b.get("max_connections", 256),
+            anthropic_version=b.get("anthropic_version", "2023-06-01"),
+            max_tokens=b.get("max_tokens", 4096),
             mock=MockSettings(
                 reply=mock.get("reply"),
                 latency=_seconds(mock.get("latency"), 0.0),

@@ -29,6 +29,8 @@ class ProviderConfig:
     timeout: float = 60.0
     headers: tuple[tuple[str, str], ...] = ()
     max_connections: int = 256
+    anthropic_version: str = "2023-06-01"
+    max_tokens: int = 4096  # Anthropic requires max_tokens: used when the request has none
     mock: MockSettings = field(default_factory=MockSettings)
 
 

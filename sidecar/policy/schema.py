@@ -16,7 +16,7 @@ from cerberus.errors import BasicErrorHandler, ValidationError
 
 from sidecar.policy.durations import parse_duration
 
-PROVIDER_TYPES = ("openai", "mock")
+PROVIDER_TYPES = ("openai", "anthropic", "mock")
 
 DURATION: dict[str, Any] = {"type": "string", "check_with": "duration"}
 NAMES: dict[str, Any] = {
@@ -40,6 +40,8 @@ PROVIDER: dict[str, Any] = {
     "timeout": DURATION,
     "headers": {"type": "dict", "keysrules": {"type": "string"}, "valuesrules": {"type": "string"}},
     "max_connections": {"type": "integer", "min": 1, "max": 10000},
+    "anthropic_version": {"type": "string", "empty": False},
+    "max_tokens": {"type": "integer", "min": 1},
     "mock": {"type": "dict", "schema": MOCK},
 }
 

@@ -24,7 +24,6 @@ class Call:
     body: Mapping[str, Any]
     model: str  # the provider's name for the model
     stream: bool
-    timeout: float  # seconds: connect timeout, and idle timeout between stream events
 
 
 @dataclass(slots=True)

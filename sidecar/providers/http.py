@@ -1,4 +1,5 @@
-"""What every HTTP adapter shares: one tuned connection pool, error classification, SSE.
+"""What every HTTP adapter shares: one tuned connection pool, error classification, SSE,
+and the request/answer cycle with hooks for each wire format.
 
 One `ClientSession` per provider lives as long as the provider's configuration does (a
 reload that leaves a provider unchanged keeps its warm connections).
@@ -9,13 +10,25 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
-from sidecar.errors import AUTH, CLIENT, CONNECT, HTTP_5XX, HTTP_429, TIMEOUT, UpstreamError
+from sidecar.errors import (
+    AUTH,
+    CLIENT,
+    CONNECT,
+    HTTP_5XX,
+    HTTP_429,
+    OVERLOADED,
+    PROTOCOL,
+    TIMEOUT,
+    UpstreamError,
+)
 from sidecar.policy.model import ProviderConfig
+from sidecar.providers.base import Call, Leases, Reply
 
 
 def new_session(config: ProviderConfig) -> aiohttp.ClientSession:
@@ -41,7 +54,7 @@ def where(base_url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
 
 
-def connection_error(provider: str, base_url: str, exc: BaseException) -> UpstreamError:
+def connection_error(base_url: str, exc: BaseException) -> UpstreamError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamError(TIMEOUT, "timed out")
     reason = exc.__class__.__name__
@@ -53,18 +66,13 @@ def connection_error(provider: str, base_url: str, exc: BaseException) -> Upstre
 
 
 def status_error(
-    provider: str,
-    status: int,
-    body: bytes,
-    retry_after: str | None,
-    redact: Callable[[bytes], bytes],
+    provider: str, status: int, body: bytes, headers: Mapping[str, str]
 ) -> UpstreamError:
+    """Classify a failed answer. `body` is already redacted and in OpenAI's shape."""
+    retry_after = parse_retry_after(headers.get("retry-after"))
     if status == 429:
         return UpstreamError(
-            HTTP_429,
-            "HTTP 429 (rate limited)",
-            status=status,
-            retry_after=parse_retry_after(retry_after),
+            HTTP_429, "HTTP 429 (rate limited)", status=status, retry_after=retry_after
         )
     if status in (401, 403):
         # The app does not hold this key, so its 401 is our configuration problem, not the
@@ -74,11 +82,13 @@ def status_error(
             f"HTTP {status}: provider '{provider}' rejected the sidecar's credentials",
             status=status,
         )
-    if status >= 500:
+    if status == 529:
         return UpstreamError(
-            HTTP_5XX, f"HTTP {status}", status=status, retry_after=parse_retry_after(retry_after)
+            OVERLOADED, "HTTP 529 (overloaded)", status=status, retry_after=retry_after
         )
-    return UpstreamError(CLIENT, f"HTTP {status}", status=status, raw_body=redact(body))
+    if status >= 500:
+        return UpstreamError(HTTP_5XX, f"HTTP {status}", status=status, retry_after=retry_after)
+    return UpstreamError(CLIENT, f"HTTP {status}", status=status, raw_body=body)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -109,3 +119,136 @@ async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         buf = buf[start:]
     if buf.strip():
         yield buf.rstrip(b"\n") + b"\n\n"
+
+
+class HttpProvider:
+    """An upstream reached over HTTP. Subclasses say how to address it and translate;
+    the connection pool, timeouts, leases, error classification and SSE framing are here."""
+
+    paths: Mapping[str, str] = {}
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self._urls = {op: config.base_url + path for op, path in self.paths.items()}
+        self._headers = {
+            "content-type": "application/json",
+            **self.auth_headers(config),
+            **dict(config.headers),
+        }
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.timeout, sock_read=config.timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._leases = Leases()
+        secret = config.api_key.reveal().encode()
+        self._secret = secret
+
+    # -- what a wire format defines ------------------------------------------------------
+
+    def auth_headers(self, config: ProviderConfig) -> dict[str, str]:
+        raise NotImplementedError
+
+    def payload(self, call: Call) -> bytes:
+        raise NotImplementedError
+
+    def answer(self, raw: bytes) -> bytes:
+        """The upstream's JSON answer, in OpenAI's shape."""
+        return raw
+
+    def events(self, events: AsyncIterator[bytes], call: Call) -> AsyncIterator[bytes]:
+        """The upstream's SSE events, as OpenAI chunk events."""
+        return events
+
+    def client_error(self, raw: bytes) -> bytes:
+        """A 4xx body for the client, in OpenAI's error shape."""
+        return raw
+
+    # -- shared --------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._leases.count > 0
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        self._leases.idle = callback
+
+    def redact(self, body: bytes) -> bytes:
+        return body.replace(self._secret, b"[redacted]") if self._secret else body
+
+    async def send(self, call: Call) -> Reply:
+        url = self._urls.get(call.operation)
+        if url is None:
+            raise unsupported(f"{call.operation} through a '{self.config.type}' provider")
+        payload = self.payload(call)
+        if self._session is None:
+            self._session = new_session(self.config)
+        release = self._leases.take()
+        try:
+            resp = await self._session.post(
+                url, data=payload, headers=self._headers, timeout=self._timeout
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            release()
+            raise connection_error(self.config.base_url, exc) from None
+        except BaseException:
+            release()
+            raise
+        try:
+            if resp.status >= 400:
+                body = await resp.read()
+                raise status_error(
+                    self.name, resp.status, self.client_error(self.redact(body)), resp.headers
+                )
+            if call.stream:
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise UpstreamError(PROTOCOL, "asked for a stream, got no event stream")
+
+                def done() -> None:
+                    resp.release()
+                    release()
+
+                events = self.events(self._read_events(resp, done), call)
+                return Reply(events=events, on_close=done)
+            body = self.answer(await resp.read())
+        except (aiohttp.ClientError, OSError) as exc:
+            resp.close()
+            release()
+            raise connection_error(self.config.base_url, exc) from None
+        except BaseException:
+            resp.close()
+            release()
+            raise
+        resp.release()
+        release()
+        return Reply(body=body)
+
+    async def _read_events(
+        self, resp: aiohttp.ClientResponse, done: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
+        complete = False
+        try:
+            async for event in sse_events(resp.content):
+                yield event
+            complete = True
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise connection_error(self.config.base_url, exc) from None
+        finally:
+            if not complete:
+                resp.close()  # mid-stream: never hand a half-read connection back to the pool
+            done()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def unsupported(feature: str) -> UpstreamError:
+    body = {
+        "error": {
+            "message": f"{feature} is not supported",
+            "type": "invalid_request_error",
+            "code": "unsupported",
+        }
+    }
+    return UpstreamError(CLIENT, f"unsupported: {feature}", status=400, raw_body=orjson.dumps(body))

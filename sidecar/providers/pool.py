@@ -12,14 +12,17 @@ import logging
 from collections.abc import Mapping
 
 from sidecar.policy.model import ProviderConfig
+from sidecar.providers.anthropic import AnthropicProvider
+from sidecar.providers.http import HttpProvider
 from sidecar.providers.mock import MockProvider
 from sidecar.providers.openai import OpenAIProvider
 
 log = logging.getLogger(__name__)
 
-Adapter = OpenAIProvider | MockProvider
-ADAPTERS: dict[str, type[OpenAIProvider] | type[MockProvider]] = {
+Adapter = HttpProvider | MockProvider
+ADAPTERS: dict[str, type[HttpProvider] | type[MockProvider]] = {
     "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
     "mock": MockProvider,
 }
 

@@ -1,0 +1,57 @@
+"""Anthropic's Messages API as an upstream, translated to and from the OpenAI shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import orjson
+
+from sidecar.policy.model import ProviderConfig
+from sidecar.providers import anthropic_wire
+from sidecar.providers.base import CHAT, Call
+from sidecar.providers.http import HttpProvider
+
+# Anthropic error types → OpenAI's, so the OpenAI SDKs raise the usual exception.
+_ERROR_TYPES = {
+    "invalid_request_error": "invalid_request_error",
+    "not_found_error": "invalid_request_error",
+    "request_too_large": "invalid_request_error",
+    "permission_error": "permission_error",
+}
+
+
+class AnthropicProvider(HttpProvider):
+    paths: ClassVar[dict[str, str]] = {CHAT: "/v1/messages"}
+
+    def auth_headers(self, config: ProviderConfig) -> dict[str, str]:
+        headers = {"anthropic-version": config.anthropic_version}
+        if config.api_key:
+            headers["x-api-key"] = config.api_key.reveal()
+        return headers
+
+    def payload(self, call: Call) -> bytes:
+        return orjson.dumps(anthropic_wire.request(call.body, call.model, self.config.max_tokens))
+
+    def answer(self, raw: bytes) -> bytes:
+        return anthropic_wire.response(raw)
+
+    def events(self, events: AsyncIterator[bytes], call: Call) -> AsyncIterator[bytes]:
+        include_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+        return anthropic_wire.stream(events, include_usage)
+
+    def client_error(self, raw: bytes) -> bytes:
+        try:
+            err = orjson.loads(raw)["error"]
+            kind = err.get("type", "invalid_request_error")
+            return orjson.dumps(
+                {
+                    "error": {
+                        "message": err.get("message", ""),
+                        "type": _ERROR_TYPES.get(kind, kind),
+                        "code": kind,
+                    }
+                }
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return raw

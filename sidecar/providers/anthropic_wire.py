@@ -1,0 +1,361 @@
+"""OpenAI chat completions → Anthropic Messages, and Anthropic's answers back.
+
+The sidecar's internal format is OpenAI's; this module is the Anthropic adapter's half of
+the seam. Requests for features Anthropic cannot honour fail with a 400 that names the
+feature, instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from sidecar.errors import CLIENT, PROTOCOL, UpstreamError
+
+FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Parameters that only change how the OpenAI client is served, or that Anthropic has no
+# equivalent for but that are safe to ignore.
+_IGNORED = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "n",
+        "user",
+        "store",
+        "service_tier",
+        "seed",
+        "logit_bias",
+        "presence_penalty",
+        "frequency_penalty",
+        "parallel_tool_calls",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "metadata",
+        "x_anthropic",
+    }
+)
+_UNSUPPORTED = {
+    "logprobs": "logprobs",
+    "top_logprobs": "logprobs",
+    "audio": "audio output",
+    "modalities": "audio output",
+    "prediction": "predicted outputs",
+}
+
+
+def _reject(feature: str) -> UpstreamError:
+    body = {
+        "error": {
+            "message": f"{feature} cannot be translated to the Anthropic Messages API",
+            "type": "invalid_request_error",
+            "code": "unsupported_parameter",
+        }
+    }
+    return UpstreamError(CLIENT, f"unsupported: {feature}", status=400, raw_body=orjson.dumps(body))
+
+
+def request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
+    for key, feature in _UNSUPPORTED.items():
+        if body.get(key):
+            raise _reject(feature)
+    if (body.get("n") or 1) > 1:
+        raise _reject("n > 1")
+    system: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for m in body.get("messages") or []:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.extend(_blocks(m.get("content")))
+        elif role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m.get("tool_call_id", ""),
+                "content": _blocks(m.get("content")),
+            }
+            _append(messages, "user", [block])
+        elif role == "assistant":
+            blocks = _blocks(m.get("content"))
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id", ""),
+                        "name": fn.get("name", ""),
+                        "input": _json_object(fn.get("arguments")),
+                    }
+                )
+            _append(messages, "assistant", blocks)
+        else:
+            _append(messages, "user", _blocks(m.get("content")))
+    out: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": body.get("max_completion_tokens")
+        or body.get("max_tokens")
+        or default_max_tokens,
+    }
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") in ("json_object", "json_schema"):
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        hint = "Answer with one JSON object only, no prose and no code fences."
+        if schema is not None:
+            hint += " It must validate against this JSON Schema: " + orjson.dumps(schema).decode()
+        system.append({"type": "text", "text": hint})
+    if system:
+        out["system"] = system
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("tools"):
+        out["tools"] = [_tool(t) for t in body["tools"]]
+        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if choice is not None:
+            out["tool_choice"] = choice
+    if isinstance(body.get("user"), str):
+        out["metadata"] = {"user_id": body["user"]}
+    out.update(body.get("x_anthropic") or {})  # Anthropic-only fields carried from ingress
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Anthropic wants user and assistant turns to alternate: merge neighbours."""
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": blocks})
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif kind == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            blocks.append({"type": "image", "source": _image_source(url)})
+        else:
+            raise _reject(f"content part '{kind}'")
+    return blocks
+
+
+def _image_source(url: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";")[0] or "image/png"
+        return {"type": "base64", "media_type": media_type, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _json_object(arguments: Any) -> Any:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        return orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        raise _reject("tool call arguments that are not JSON") from None
+
+
+def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    if tool.get("type", "function") != "function":
+        raise _reject(f"tool type '{tool.get('type')}'")
+    fn = tool.get("function") or {}
+    out = {"name": fn.get("name", ""), "input_schema": fn.get("parameters") or {"type": "object"}}
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    return out
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None and parallel is None:
+        return None
+    if choice in (None, "auto"):
+        out: dict[str, Any] = {"type": "auto"}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif choice == "none":
+        return {"type": "none"}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        out = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+    else:
+        raise _reject(f"tool_choice {choice!r}")
+    if parallel is False:
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+def usage(u: Mapping[str, Any]) -> dict[str, Any]:
+    cached = u.get("cache_read_input_tokens") or 0
+    written = u.get("cache_creation_input_tokens") or 0
+    prompt = (u.get("input_tokens") or 0) + cached + written
+    completion = u.get("output_tokens") or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": written},
+    }
+
+
+def response(raw: bytes) -> bytes:
+    try:
+        msg = orjson.loads(raw)
+        text = "".join(b["text"] for b in msg["content"] if b["type"] == "text")
+        calls = [
+            {
+                "id": b["id"],
+                "type": "function",
+                "function": {
+                    "name": b["name"],
+                    "arguments": orjson.dumps(b.get("input", {})).decode(),
+                },
+            }
+            for b in msg["content"]
+            if b["type"] == "tool_use"
+        ]
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not calls else None,
+        }
+        if calls:
+            message["tool_calls"] = calls
+        out = {
+            "id": msg["id"],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": msg.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": FINISH.get(msg.get("stop_reason") or "", "stop"),
+                }
+            ],
+            "usage": usage(msg.get("usage") or {}),
+        }
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UpstreamError(
+            PROTOCOL, f"malformed Anthropic answer ({exc.__class__.__name__})"
+        ) from None
+    return orjson.dumps(out)
+
+
+async def stream(events: AsyncIterator[bytes], include_usage: bool) -> AsyncIterator[bytes]:
+    """Anthropic SSE events → OpenAI chunk events, one for one as they arrive."""
+    ident, model, created = "", "", int(time.time())
+    input_usage: dict[str, Any] = {}
+    tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool call index
+    finish: str | None = None
+    output_tokens = 0
+
+    def chunk(
+        delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any
+    ) -> bytes:
+        choices = (
+            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        )
+        body = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    async for event in events:
+        data = _data(event)
+        if data is None:
+            continue
+        kind = data.get("type")
+        if kind == "message_start":
+            msg = data.get("message") or {}
+            ident, model = msg.get("id", ""), msg.get("model", "")
+            input_usage = msg.get("usage") or {}
+            yield chunk({"role": "assistant", "content": ""})
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                i = tool_index.setdefault(data.get("index", 0), len(tool_index))
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": block.get("id", ""),
+                                "type": "function",
+                                "function": {"name": block.get("name", ""), "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            elif block.get("type") == "text" and block.get("text"):
+                yield chunk({"content": block["text"]})
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                yield chunk({"content": delta.get("text", "")})
+            elif delta.get("type") == "input_json_delta":
+                i = tool_index.get(data.get("index", 0), 0)
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {"index": i, "function": {"arguments": delta.get("partial_json", "")}}
+                        ]
+                    }
+                )
+        elif kind == "message_delta":
+            stop = (data.get("delta") or {}).get("stop_reason")
+            finish = FINISH.get(stop or "", "stop")
+            output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
+        elif kind == "message_stop":
+            yield chunk({}, finish or "stop")
+            if include_usage:
+                yield chunk(None, usage={**usage({**input_usage, "output_tokens": output_tokens})})
+            yield b"data: [DONE]\n\n"
+            return
+        elif kind == "error":
+            err = data.get("error") or {}
+            raise UpstreamError(
+                PROTOCOL, f"{err.get('type', 'error')}: {err.get('message', '')}"[:300]
+            )
+
+
+def _data(event: bytes) -> dict[str, Any] | None:
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                value = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                raise UpstreamError(PROTOCOL, "malformed Anthropic stream event") from None
+            return value if isinstance(value, dict) else None
+    return None
