@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.api import anthropic as anthropic_api
 from sidecar.api import openai as openai_api
 from sidecar.api import ops
 from sidecar.api.keys import HOLDER, LIFECYCLE
@@ -47,6 +48,7 @@ def proxy_app(holder: PolicyHolder, lifecycle: dict[str, Any], max_body: int) ->
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
     app.router.add_post("/v1/embeddings", openai_api.embeddings)
     app.router.add_get("/v1/models", openai_api.models)
+    app.router.add_post("/v1/messages", anthropic_api.messages)
     app.router.add_route("*", "/{tail:.*}", openai_api.unknown_endpoint)
     return app
 

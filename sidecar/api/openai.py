@@ -1,37 +1,63 @@
-"""The OpenAI-compatible surface: chat completions (JSON and SSE), embeddings, models."""
+"""The OpenAI-compatible surface: chat completions (JSON and SSE), embeddings, models.
+
+OpenAI's shape is the internal one, so this dialect translates nothing.
+"""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from sidecar.api.keys import HOLDER
-from sidecar.api.replies import JSON, error_event, error_response
-from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
-from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.run import run
-from sidecar.providers.base import CHAT, EMBEDDINGS, Reply
+from sidecar.api.proxy import JSON, Dialect, error_response, not_ready, proxy
+from sidecar.errors import InvalidRequest, SidecarError
+from sidecar.providers.base import CHAT, EMBEDDINGS
 
-log = logging.getLogger("sidecar.api")
+ENDPOINTS = "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages"
 
-ENDPOINTS = "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models"
-_DONE = b"data: [DONE]"
+
+def _same(body: dict[str, Any]) -> dict[str, Any]:
+    return body
+
+
+def _same_bytes(raw: bytes) -> bytes:
+    return raw
+
+
+def _same_events(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    return events
+
+
+def error_event(message: str, code: str) -> bytes:
+    """An SSE event the official SDKs raise as an APIError (they look for an `error` key)."""
+    body = {"error": {"message": message, "type": "server_error", "code": code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _error_body(error: SidecarError) -> bytes:
+    return error.body()
+
+
+OPENAI = Dialect(
+    "openai", _same, _same_bytes, _same_events, _error_body, error_event, b"data: [DONE]"
+)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, CHAT)
+    return await proxy(request, CHAT, OPENAI)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, EMBEDDINGS)
+    return await proxy(request, EMBEDDINGS, OPENAI)
 
 
 async def models(request: web.Request) -> web.Response:
     snapshot = request.app[HOLDER].current
     if snapshot is None:
-        return error_response(_not_ready())
+        return error_response(OPENAI, not_ready())
     created = int(snapshot.loaded_at)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "llm-sidecar"}
@@ -50,83 +76,4 @@ async def unknown_endpoint(request: web.Request) -> web.Response:
         code="unknown_endpoint",
     )
     error.status = 404
-    return error_response(error)
-
-
-async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
-    snapshot = request.app[HOLDER].current  # taken once: this request keeps it to its end
-    if snapshot is None:
-        return error_response(_not_ready())
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        too_large = InvalidRequest(f"request body is too large ({exc.text})", code="body_too_large")
-        too_large.status = 413
-        return error_response(too_large)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return error_response(
-            InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json")
-        )
-    if not isinstance(body, dict):
-        return error_response(
-            InvalidRequest("request body must be a JSON object", code="invalid_json")
-        )
-    ctx = RequestContext(
-        operation,
-        body,
-        request.headers,
-        snapshot,
-        stream=operation == CHAT and body.get("stream") is True,
-    )
-    try:
-        reply = await run(ctx)
-    except SidecarError as exc:
-        return error_response(exc, ctx.response_headers())
-    headers = ctx.response_headers()
-    if reply.events is None:
-        return web.Response(
-            body=reply.body, status=reply.status, headers=headers, content_type=JSON
-        )
-    return await _relay(request, reply, ctx, headers)
-
-
-async def _relay(
-    request: web.Request, reply: Reply, ctx: RequestContext, headers: dict[str, str]
-) -> web.StreamResponse:
-    """Pass events on as they arrive. A stream that breaks ends with an error event, never
-    silently: the SDKs raise it, so a cut answer is never taken for a complete one."""
-    assert reply.events is not None
-    response = web.StreamResponse(
-        headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
-    )
-    await response.prepare(request)
-    complete = False
-    failure: bytes | None = None
-    try:
-        async for event in reply.events:
-            await response.write(event)
-            if event.startswith(_DONE):
-                complete = True
-    except UpstreamError as exc:
-        failure = error_event(_cut(ctx, exc.message), "upstream_stream_failed")
-    finally:
-        await reply.aclose()
-    if failure is None and not complete:
-        failure = error_event(_cut(ctx, "ended without [DONE]"), "upstream_stream_incomplete")
-    if failure is not None:
-        log.warning("route %s: stream cut after it started", ctx.route.name if ctx.route else "?")
-        await response.write(failure)
-    await response.write_eof()
-    return response
-
-
-def _cut(ctx: RequestContext, why: str) -> str:
-    target = ctx.answered_by
-    who = f"{target.name}@{target.provider}" if target else "upstream"
-    return f"the stream from {who} broke off: {why}; the answer is incomplete"
-
-
-def _not_ready() -> NotReady:
-    return NotReady("no valid policy is loaded yet; see /status on the ops port", retry_after=1)
+    return error_response(OPENAI, error)

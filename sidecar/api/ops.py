@@ -7,7 +7,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.api.keys import HOLDER, LIFECYCLE
-from sidecar.api.replies import JSON
+from sidecar.api.proxy import JSON
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,309 @@
+"""Anthropic Messages requests → the internal (OpenAI) shape, and answers back.
+
+The ingress half of the Anthropic adapter: an app using the `anthropic` SDK is served by
+the same pipeline as an OpenAI one. Anthropic-only request fields (`top_k`, `thinking`)
+travel in `x_anthropic`, which the Anthropic egress applies and other egresses drop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from sidecar.errors import PROTOCOL, InvalidRequest, UpstreamError
+
+STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+_CARRIED = ("top_k", "thinking")
+
+
+def request(body: Mapping[str, Any]) -> dict[str, Any]:
+    for field in ("model", "max_tokens", "messages"):
+        if field not in body:
+            raise InvalidRequest(f"'{field}' is required", code="missing_field")
+    messages: list[dict[str, Any]] = []
+    if body.get("system"):
+        messages.append({"role": "system", "content": _text(body["system"])})
+    for m in body["messages"]:
+        role, content = m.get("role"), m.get("content")
+        if isinstance(content, str):
+            messages.append({"role": role, "content": content})
+        elif role == "assistant":
+            messages.append(_assistant(content))
+        else:
+            messages.extend(_user(content))
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": body["max_tokens"],
+    }
+    for field in ("temperature", "top_p"):
+        if body.get(field) is not None:
+            out[field] = body[field]
+    if body.get("stop_sequences"):
+        out["stop"] = list(body["stop_sequences"])
+    if body.get("tools"):
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {"type": "object"},
+                },
+            }
+            for t in body["tools"]
+        ]
+    choice = body.get("tool_choice")
+    if choice:
+        kind = choice.get("type")
+        out["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.get("name", "")}}
+            if kind == "tool"
+            else {"auto": "auto", "any": "required", "none": "none"}.get(kind, "auto")
+        )
+        if choice.get("disable_parallel_tool_use"):
+            out["parallel_tool_calls"] = False
+    user = (body.get("metadata") or {}).get("user_id")
+    if isinstance(user, str):
+        out["user"] = user
+    carried = {k: body[k] for k in _CARRIED if k in body}
+    if carried:
+        out["x_anthropic"] = carried
+    if body.get("stream"):
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}  # Anthropic streams always report usage
+    return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(b.get("text", "") for b in content or [] if b.get("type") == "text")
+
+
+def _assistant(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": _text(blocks) or None}
+    calls = [
+        {
+            "id": b["id"],
+            "type": "function",
+            "function": {"name": b["name"], "arguments": orjson.dumps(b.get("input", {})).decode()},
+        }
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _user(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results become `tool` messages (OpenAI wants them right after the call)."""
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for b in blocks:
+        kind = b.get("type")
+        if kind == "tool_result":
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": b.get("tool_use_id", ""),
+                    "content": _text(b.get("content")),
+                }
+            )
+        elif kind == "text":
+            parts.append({"type": "text", "text": b.get("text", "")})
+        elif kind == "image":
+            src = b.get("source") or {}
+            url = (
+                src.get("url")
+                if src.get("type") == "url"
+                else f"data:{src.get('media_type')};base64,{src.get('data')}"
+            )
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise InvalidRequest(
+                f"content block '{kind}' is not supported", code="unsupported_content"
+            )
+    if parts:
+        out.append({"role": "user", "content": parts})
+    return out
+
+
+def usage(u: Mapping[str, Any]) -> dict[str, int]:
+    details = u.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0
+    written = details.get("cache_creation_tokens") or 0
+    return {
+        "input_tokens": max(0, (u.get("prompt_tokens") or 0) - cached - written),
+        "output_tokens": u.get("completion_tokens") or 0,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": written,
+    }
+
+
+def _message_id(raw_id: Any) -> str:
+    return (
+        raw_id
+        if isinstance(raw_id, str) and raw_id.startswith("msg_")
+        else f"msg_{uuid.uuid4().hex[:24]}"
+    )
+
+
+def response(raw: bytes) -> bytes:
+    c = orjson.loads(raw)
+    choice = c["choices"][0]
+    msg = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if msg.get("content"):
+        content.append({"type": "text", "text": msg["content"]})
+    for call in msg.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id", ""),
+                "name": fn.get("name", ""),
+                "input": _arguments(fn.get("arguments")),
+            }
+        )
+    return orjson.dumps(
+        {
+            "id": _message_id(c.get("id")),
+            "type": "message",
+            "role": "assistant",
+            "model": c.get("model", ""),
+            "content": content,
+            "stop_reason": STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
+            "stop_sequence": None,
+            "usage": usage(c.get("usage") or {}),
+        }
+    )
+
+
+def _arguments(arguments: Any) -> Any:
+    try:
+        return orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {"_raw": arguments}
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def error_event(message: str, kind: str = "api_error") -> bytes:
+    return _event("error", {"error": {"type": kind, "message": message}})
+
+
+async def stream(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI chunk events → Anthropic stream events, one for one as they arrive."""
+    started = False
+    index = -1
+    open_block: tuple[str, int] | None = None  # ("text", 0) or ("tool", openai tool index)
+    stop_reason = "end_turn"
+    totals: dict[str, Any] = {}
+    done = False
+
+    def close() -> bytes | None:
+        nonlocal open_block
+        if open_block is None:
+            return None
+        open_block = None
+        return _event("content_block_stop", {"index": index})
+
+    async for event in events:
+        if not event.startswith(b"data:"):
+            continue
+        payload = event[5:].strip()
+        if payload == b"[DONE]":
+            done = True
+            break
+        chunk = orjson.loads(payload)
+        if "error" in chunk:
+            raise UpstreamError(
+                PROTOCOL, str((chunk["error"] or {}).get("message", "stream error"))[:300]
+            )
+        if not started:
+            started = True
+            yield _event(
+                "message_start",
+                {
+                    "message": {
+                        "id": _message_id(chunk.get("id")),
+                        "type": "message",
+                        "role": "assistant",
+                        "model": chunk.get("model", ""),
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 0, "output_tokens": 0},
+                    }
+                },
+            )
+        if chunk.get("usage"):
+            totals = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                if open_block is None or open_block[0] != "text":
+                    if (stop := close()) is not None:
+                        yield stop
+                    index += 1
+                    open_block = ("text", 0)
+                    yield _event(
+                        "content_block_start",
+                        {"index": index, "content_block": {"type": "text", "text": ""}},
+                    )
+                yield _event(
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "text_delta", "text": delta["content"]}},
+                )
+            for call in delta.get("tool_calls") or []:
+                which = call.get("index", 0)
+                fn = call.get("function") or {}
+                if open_block != ("tool", which):
+                    if (stop := close()) is not None:
+                        yield stop
+                    index += 1
+                    open_block = ("tool", which)
+                    yield _event(
+                        "content_block_start",
+                        {
+                            "index": index,
+                            "content_block": {
+                                "type": "tool_use",
+                                "id": call.get("id", ""),
+                                "name": fn.get("name", ""),
+                                "input": {},
+                            },
+                        },
+                    )
+                if fn.get("arguments"):
+                    yield _event(
+                        "content_block_delta",
+                        {
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
+                        },
+                    )
+            if choice.get("finish_reason"):
+                stop_reason = STOP.get(choice["finish_reason"], "end_turn")
+    if not done:
+        raise UpstreamError(PROTOCOL, "ended without [DONE]")
+    if (stop := close()) is not None:
+        yield stop
+    yield _event(
+        "message_delta",
+        {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage(totals)},
+    )
+    yield _event("message_stop", {})

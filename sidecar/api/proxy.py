@@ -1,0 +1,137 @@
+"""The handler shared by every ingress wire format: body in, pipeline, answer out.
+
+A `Dialect` says how one ingress format (OpenAI's, Anthropic's) translates requests into
+the internal shape and answers and errors back; everything else is the same for both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.api.keys import HOLDER
+from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
+from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.run import run
+from sidecar.providers.base import CHAT, Reply
+
+log = logging.getLogger("sidecar.api")
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    to_internal: Callable[[dict[str, Any]], dict[str, Any]]
+    answer: Callable[[bytes], bytes]
+    events: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+    error_body: Callable[[SidecarError], bytes]
+    error_event: Callable[[str, str], bytes]  # (message, code)
+    complete: bytes  # the event prefix that says a stream ended properly
+
+
+def error_response(
+    dialect: Dialect, error: SidecarError, headers: dict[str, str] | None = None
+) -> web.Response:
+    headers = dict(headers or {})
+    if error.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
+    return web.Response(
+        body=dialect.error_body(error), status=error.status, headers=headers, content_type=JSON
+    )
+
+
+def not_ready() -> NotReady:
+    return NotReady("no valid policy is loaded yet; see /status on the ops port", retry_after=1)
+
+
+async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.StreamResponse:
+    snapshot = request.app[HOLDER].current  # taken once: this request keeps it to its end
+    if snapshot is None:
+        return error_response(dialect, not_ready())
+    try:
+        body = dialect.to_internal(await _json_body(request))
+    except SidecarError as exc:
+        return error_response(dialect, exc)
+    ctx = RequestContext(
+        operation,
+        body,
+        request.headers,
+        snapshot,
+        stream=operation == CHAT and body.get("stream") is True,
+    )
+    try:
+        reply = await run(ctx)
+    except SidecarError as exc:
+        return error_response(dialect, exc, ctx.response_headers())
+    headers = ctx.response_headers()
+    if reply.events is None:
+        return web.Response(
+            body=dialect.answer(reply.body), status=reply.status, headers=headers, content_type=JSON
+        )
+    return await _relay(request, reply, ctx, headers, dialect)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        too_large = InvalidRequest(f"request body is too large ({exc.text})", code="body_too_large")
+        too_large.status = 413
+        raise too_large from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+async def _relay(
+    request: web.Request,
+    reply: Reply,
+    ctx: RequestContext,
+    headers: dict[str, str],
+    dialect: Dialect,
+) -> web.StreamResponse:
+    """Pass events on as they arrive. A stream that breaks ends with an error event, never
+    silently: the SDKs raise it, so a cut answer is never taken for a complete one."""
+    assert reply.events is not None
+    response = web.StreamResponse(
+        headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
+    )
+    await response.prepare(request)
+    complete = False
+    failure: bytes | None = None
+    try:
+        async for event in dialect.events(reply.events):
+            await response.write(event)
+            if event.startswith(dialect.complete):
+                complete = True
+    except UpstreamError as exc:
+        failure = dialect.error_event(_cut(ctx, exc.message), "upstream_stream_failed")
+    finally:
+        await reply.aclose()
+    if failure is None and not complete:
+        failure = dialect.error_event(_cut(ctx, "ended early"), "upstream_stream_incomplete")
+    if failure is not None:
+        log.warning("route %s: stream cut after it started", ctx.route.name if ctx.route else "?")
+        await response.write(failure)
+    await response.write_eof()
+    return response
+
+
+def _cut(ctx: RequestContext, why: str) -> str:
+    target = ctx.answered_by
+    who = f"{target.name}@{target.provider}" if target else "upstream"
+    return f"the stream from {who} broke off: {why}; the answer is incomplete"
