@@ -80,11 +80,17 @@ TIMEOUT = "timeout"
 HTTP_5XX = "5xx"
 HTTP_429 = "429"
 OVERLOADED = "overloaded"  # Anthropic's 529
+BUSY = "busy"  # the provider's max_concurrency is reached: ours, not the provider's fault
+CIRCUIT_OPEN = "circuit_open"  # skipped without a call
 AUTH = "auth"
 PROTOCOL = "protocol"
 CLIENT = "4xx"  # the request's own fault: not retried, not failed over
 
-FAILOVER_KINDS = frozenset({CONNECT, TIMEOUT, HTTP_5XX, HTTP_429, OVERLOADED, AUTH, PROTOCOL})
+FAILOVER_KINDS = frozenset(
+    {CONNECT, TIMEOUT, HTTP_5XX, HTTP_429, OVERLOADED, AUTH, PROTOCOL, BUSY, CIRCUIT_OPEN}
+)
+# What counts against a target's circuit breaker (busy and circuit_open are our own doing).
+BREAKER_KINDS = frozenset({CONNECT, TIMEOUT, HTTP_5XX, HTTP_429, OVERLOADED, AUTH, PROTOCOL})
 
 
 class UpstreamError(Exception):

@@ -1,21 +1,29 @@
-"""Stage: send the request to the route's targets, in order, until one answers.
+"""Stage: send the request to the route's targets until one answers.
 
 Each request has one deadline (the route's `timeout`); every attempt gets what is left of
-it, capped by its provider's `timeout`. A connection error, a timeout, a 5xx, a 429 or a
-provider refusing our credentials moves on (after `retry.attempts` tries of one target);
-any other 4xx is the request's own fault and goes back to the client at once. A stream
-counts as answered only once its first event has arrived, so a stream that fails before
-then falls over to the next target without the client seeing anything.
+it, capped by its provider's `timeout` (or, for a stream's first event, the route's
+`first_token_timeout`). Per target: a failure whose class is in `retry.on` is retried after
+a backoff, or after the provider's `Retry-After` when that fits the deadline; any failover
+class then moves on to the next target. A 4xx that is the request's own fault goes back to
+the client at once. A target whose circuit is open is skipped without a network call.
+
+A stream counts as answered once its first event has arrived, so a stream that fails
+before then falls over without the client noticing. With `hedge`, a target that has not
+answered by `hedge.after` gets company: the next target starts too, the first answer wins
+and the others are cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 
 from sidecar.errors import (
+    BREAKER_KINDS,
+    CIRCUIT_OPEN,
     CLIENT,
     PROTOCOL,
     TIMEOUT,
@@ -25,63 +33,160 @@ from sidecar.errors import (
     UpstreamRejected,
 )
 from sidecar.pipeline.context import RequestContext
+from sidecar.policy.model import Target
 from sidecar.providers.base import Call, Reply
 
 log = logging.getLogger("sidecar.dispatch")
 
 
+class _TargetFailed(Exception):
+    """This target is done for this request; the failures are in the context."""
+
+
 async def dispatch(ctx: RequestContext) -> Reply:
     route = ctx.route
     assert route is not None
-    policy = ctx.snapshot.policy
-    deadline = ctx.deadline
+    if route.hedge is not None and len(route.targets) > 1:
+        return await _hedged(ctx)
     for target in route.targets:
-        provider = ctx.snapshot.providers[target.provider]
-        provider_timeout = policy.providers[target.provider].timeout
-        for attempt in range(route.retry.attempts):
-            if attempt:
-                pause = route.retry.backoff * 2 ** (attempt - 1)
-                if time.monotonic() + pause >= deadline:
-                    break
-                await asyncio.sleep(pause)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TargetsExhausted(route.name, ctx.failures, " before the route's timeout")
-            budget = min(left, provider_timeout)
-            ctx.attempts += 1
-            call = Call(ctx.operation, ctx.body, target.upstream, ctx.stream)
-            reply: Reply | None = None
-            try:
-                async with asyncio.timeout(budget):
-                    reply = await provider.send(call)
-                    if reply.events is not None:
-                        await _first_event(reply)
-            except (UpstreamError, TimeoutError) as exc:
-                if reply is not None:
-                    await reply.aclose()
-                error = (
-                    exc
-                    if isinstance(exc, UpstreamError)
-                    else UpstreamError(TIMEOUT, f"no answer within {budget:.3g}s")
-                )
-                if error.kind == CLIENT:
-                    raise UpstreamRejected(
-                        error.status or 400,
-                        error.raw_body,
-                        f"{target.name}@{target.provider} refused the request ({error.message})",
-                    ) from None
-                ctx.failures.append(FailedAttempt(target.name, target.provider, error))
-                log.warning(
-                    "route %s: %s@%s failed (%s)",
-                    route.name,
-                    target.name,
-                    target.provider,
-                    error.message,
-                )
-                continue
-            ctx.answered_by = target
-            return reply
+        try:
+            reply = await _try_target(ctx, target)
+        except _TargetFailed:
+            continue
+        ctx.answered_by = target.model
+        return reply
     raise TargetsExhausted(route.name, ctx.failures)
+
+
+async def _try_target(ctx: RequestContext, target: Target) -> Reply:
+    """Up to `retry.attempts` calls to one target; its reply, or _TargetFailed."""
+    model = target.model
+    circuit = model.circuit
+    breaker = ctx.snapshot.stores.breakers.get(model.name) if circuit is not None else None
+    provider = ctx.snapshot.providers[model.provider]
+    config = ctx.snapshot.policy.providers[model.provider]
+    route = ctx.route
+    assert route is not None
+    first_wait = route.first_token_timeout if ctx.stream and route.first_token_timeout else None
+    retry = target.retry
+    for attempt in range(1, retry.attempts + 1):
+        now = time.monotonic()
+        left = ctx.deadline - now
+        if left <= 0:
+            _fail(ctx, target, UpstreamError(TIMEOUT, "the route's timeout ran out"))
+            raise _TargetFailed
+        if breaker is not None and not breaker.allow(circuit, now):  # type: ignore[arg-type]
+            _fail(ctx, target, UpstreamError(CIRCUIT_OPEN, "circuit open, skipped"))
+            raise _TargetFailed
+        budget = min(left, first_wait or config.timeout)
+        ctx.attempts += 1
+        reply: Reply | None = None
+        failed: bool | None = None
+        try:
+            async with asyncio.timeout(budget):
+                reply = await provider.send(
+                    Call(ctx.operation, ctx.body, model.upstream, ctx.stream)
+                )
+                if reply.events is not None:
+                    await _first_event(reply)
+            failed = False
+            return reply
+        except (UpstreamError, TimeoutError) as exc:
+            if reply is not None:
+                await reply.aclose()
+            error = (
+                exc
+                if isinstance(exc, UpstreamError)
+                else UpstreamError(TIMEOUT, f"no answer within {budget:.3g}s")
+            )
+            if error.kind == CLIENT:
+                failed = False  # the provider is fine; the request is not
+                raise UpstreamRejected(
+                    error.status or 400,
+                    error.raw_body,
+                    f"{model.name}@{model.provider} refused the request ({error.message})",
+                ) from None
+            failed = error.kind in BREAKER_KINDS or None
+            _fail(ctx, target, error)
+            if attempt == retry.attempts or error.kind not in retry.on:
+                raise _TargetFailed from None
+            pause = retry.pause(attempt, random.random())
+            if error.retry_after is not None:
+                pause = max(pause, error.retry_after)
+            if time.monotonic() + pause >= ctx.deadline:
+                raise _TargetFailed from None  # waiting would miss the deadline: move on
+            await asyncio.sleep(pause)
+        finally:
+            if breaker is not None:
+                breaker.record(circuit, failed, time.monotonic())  # type: ignore[arg-type]
+    raise _TargetFailed
+
+
+def _fail(ctx: RequestContext, target: Target, error: UpstreamError) -> None:
+    model = target.model
+    ctx.failures.append(FailedAttempt(model.name, model.provider, error))
+    if error.kind != CIRCUIT_OPEN:
+        route = ctx.route.name if ctx.route else "?"
+        log.warning("route %s: %s@%s failed (%s)", route, model.name, model.provider, error.message)
+
+
+async def _hedged(ctx: RequestContext) -> Reply:
+    """Race targets: the next one starts when the running ones are slower than
+    `hedge.after` (up to `hedge.max` extra), or at once when one fails."""
+    route = ctx.route
+    assert route is not None
+    assert route.hedge is not None
+    waiting = list(route.targets)
+    running: set[asyncio.Task[Reply]] = set()
+    racing: dict[asyncio.Task[Reply], Target] = {}
+    extra = 0
+
+    def launch() -> None:
+        target = waiting.pop(0)
+        task = asyncio.create_task(_try_target(ctx, target))
+        running.add(task)
+        racing[task] = target
+
+    launch()
+    try:
+        while running:
+            can_hedge = bool(waiting) and extra < route.hedge.max
+            done, _ = await asyncio.wait(
+                running,
+                timeout=route.hedge.after if can_hedge else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:  # slow: start the next target beside the running ones
+                extra += 1
+                launch()
+                continue
+            for task in done:
+                running.discard(task)
+                try:
+                    reply = task.result()
+                except _TargetFailed:
+                    if not running and waiting:
+                        launch()
+                    continue
+                await _abandon(running)
+                ctx.answered_by = racing[task].model
+                return reply
+    finally:
+        await _abandon(running)
+    raise TargetsExhausted(route.name, ctx.failures)
+
+
+async def _abandon(tasks: set[asyncio.Task[Reply]]) -> None:
+    """Cancel the losers of a race; close any answer that arrived anyway."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            reply = await task
+        except (asyncio.CancelledError, _TargetFailed, UpstreamRejected):
+            continue
+        await reply.aclose()
+    tasks.clear()
 
 
 async def _first_event(reply: Reply) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.model import (
+    Circuit,
     Condition,
+    Hedge,
     MockSettings,
     Model,
     Policy,
@@ -25,6 +27,7 @@ from sidecar.policy.model import (
     Retry,
     Route,
     RouteSet,
+    Target,
 )
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.schema import SECTIONS, structure_errors
@@ -111,7 +114,7 @@ class _Compiler:
                         "provider",
                     )
                 )
-            models[e.name] = self.model(e)
+            models[e.name] = self.model(e, providers)
         routes = {e.name: self.route(e, models) for e in self.sections["routes"].values()}
         by_model = self.route_sets(routes, models)
         public = tuple(dict.fromkeys([*(r.model for r in routes.values()), *models]))
@@ -133,6 +136,9 @@ class _Compiler:
             max_connections=b.get("max_connections", 256),
             anthropic_version=b.get("anthropic_version", "2023-06-01"),
             max_tokens=b.get("max_tokens", 4096),
+            max_concurrency=b.get("max_concurrency"),
+            concurrency_wait=_seconds(b.get("concurrency_wait"), 0.1),
+            circuit=_circuit(b.get("circuit"), None),
             mock=MockSettings(
                 reply=mock.get("reply"),
                 latency=_seconds(mock.get("latency"), 0.0),
@@ -141,12 +147,14 @@ class _Compiler:
             ),
         )
 
-    def model(self, e: _Entry) -> Model:
+    def model(self, e: _Entry, providers: dict[str, ProviderConfig]) -> Model:
         price = e.body.get("price") or {}
+        provider = providers.get(e.body["provider"])
         return Model(
             name=e.name,
             provider=e.body["provider"],
             upstream=e.body.get("name") or e.name,
+            circuit=_circuit(e.body.get("circuit"), provider.circuit if provider else None),
             price=Price(
                 input=float(price.get("input", 0.0)),
                 output=float(price.get("output", 0.0)),
@@ -156,10 +164,13 @@ class _Compiler:
 
     def route(self, e: _Entry, models: dict[str, Model]) -> Route:
         b = e.body
+        route_retry = _retry(b.get("retry"), Retry())
         targets = []
-        for i, name in enumerate(b["targets"]):
+        for i, item in enumerate(b["targets"]):
+            name = item if isinstance(item, str) else item["model"]
             if name in models:
-                targets.append(models[name])
+                own = None if isinstance(item, str) else item.get("retry")
+                targets.append(Target(models[name], _retry(own, route_retry)))
             else:
                 self.problems.append(
                     e.problem(
@@ -175,17 +186,16 @@ class _Compiler:
             for header, v in (match.get("headers") or {}).items()
         ]
         conditions += [Condition(k, "", _values(match[k])) for k in ("user", "team") if k in match]
-        retry = b.get("retry") or {}
+        hedge = b.get("hedge")
+        first_token = b.get("first_token_timeout")
         return Route(
             name=e.name,
             model=match.get("model", e.name),
             conditions=tuple(conditions),
             targets=tuple(targets),
-            retry=Retry(
-                attempts=retry.get("attempts", 1),
-                backoff=_seconds(retry.get("backoff"), 0.25),
-            ),
             timeout=_seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
+            first_token_timeout=parse_duration(first_token) if first_token else None,
+            hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
         )
 
     def route_sets(self, routes: dict[str, Route], models: dict[str, Model]) -> dict[str, RouteSet]:
@@ -195,7 +205,14 @@ class _Compiler:
         for name, model in models.items():
             if not any(not r.conditions for r in grouped.get(name, ())):
                 grouped.setdefault(name, []).append(
-                    Route(name, name, (), (model,), Retry(), DEFAULT_ROUTE_TIMEOUT, implicit=True)
+                    Route(
+                        name,
+                        name,
+                        (),
+                        (Target(model, Retry()),),
+                        DEFAULT_ROUTE_TIMEOUT,
+                        implicit=True,
+                    )
                 )
         sets: dict[str, RouteSet] = {}
         for model, group in grouped.items():
@@ -225,6 +242,36 @@ def _disjoint(a: Route, b: Route) -> bool:
     theirs = {(c.kind, c.key): c.values for c in b.conditions}
     return any(
         (c.kind, c.key) in theirs and not (c.values & theirs[(c.kind, c.key)]) for c in a.conditions
+    )
+
+
+def _retry(raw: dict[str, Any] | None, base: Retry) -> Retry:
+    """A retry policy: what `raw` sets, the rest from `base` (the route's, for a target)."""
+    if not raw:
+        return base
+    backoff = raw.get("backoff")
+    if isinstance(backoff, str):
+        backoff = {"base": backoff}
+    backoff = backoff or {}
+    return Retry(
+        attempts=raw.get("attempts", base.attempts),
+        backoff=_seconds(backoff.get("base"), base.backoff),
+        backoff_max=_seconds(backoff.get("max"), base.backoff_max),
+        jitter=backoff.get("jitter", base.jitter),
+        on=frozenset(raw["on"]) if "on" in raw else base.on,
+    )
+
+
+def _circuit(raw: dict[str, Any] | None, base: Circuit | None) -> Circuit | None:
+    if not raw:
+        return base
+    ratio = raw.get("failure_ratio")
+    return Circuit(
+        consecutive_failures=raw.get("consecutive_failures", None if ratio else 5),
+        failure_ratio=ratio,
+        min_calls=raw.get("min_calls", 10),
+        window=_seconds(raw.get("window"), 30.0),
+        cooldown=_seconds(raw.get("cooldown"), 30.0),
     )
 
 

@@ -23,6 +23,7 @@ from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.source import SourceFile, content_hash, read_folder
 from sidecar.providers.base import Provider
 from sidecar.providers.pool import ProviderPool
+from sidecar.stores import Stores
 
 log = logging.getLogger("sidecar.policy")
 
@@ -32,6 +33,7 @@ class Snapshot:
     policy: Policy
     providers: Mapping[str, Provider]
     loaded_at: float
+    stores: Stores
 
     @property
     def version(self) -> str:
@@ -55,6 +57,7 @@ class PolicyHolder:
         self.current: Snapshot | None = None
         self.last = ReloadStatus()
         self.pool = ProviderPool()
+        self.stores = Stores()
         self._tried: str | None = None
         self._lock = asyncio.Lock()
 
@@ -75,7 +78,9 @@ class PolicyHolder:
             except PolicyInvalid as exc:
                 self._failed(version, exc.problems)
                 return False
-            snapshot = Snapshot(policy, self.pool.materialize(policy.providers), time.time())
+            snapshot = Snapshot(
+                policy, self.pool.materialize(policy.providers), time.time(), self.stores
+            )
             previous = self.current
             self.current = snapshot
             self.last = ReloadStatus(
@@ -118,6 +123,7 @@ class PolicyHolder:
                 "reloads": self.last.reloads,
                 "failures": self.last.failures,
             },
+            "circuits": self.stores.breakers.describe(),
         }
 
     async def close(self) -> None:

@@ -21,6 +21,17 @@ class MockSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Circuit:
+    """When to stop calling a target for a while. Failures are the failover classes."""
+
+    consecutive_failures: int | None = 5
+    failure_ratio: float | None = None
+    min_calls: int = 10
+    window: float = 30.0
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     type: str
@@ -31,6 +42,9 @@ class ProviderConfig:
     max_connections: int = 256
     anthropic_version: str = "2023-06-01"
     max_tokens: int = 4096  # Anthropic requires max_tokens: used when the request has none
+    max_concurrency: int | None = None  # calls in flight; excess waits `concurrency_wait`
+    concurrency_wait: float = 0.1
+    circuit: Circuit | None = None  # the default for this provider's models
     mock: MockSettings = field(default_factory=MockSettings)
 
 
@@ -49,6 +63,7 @@ class Model:
     provider: str
     upstream: str  # the provider's name for it
     price: Price = field(default_factory=Price)
+    circuit: Circuit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +75,33 @@ class Condition:
     values: frozenset[str]
 
 
+RETRY_ON_DEFAULT = frozenset({"connect", "timeout", "5xx", "429", "overloaded"})
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     attempts: int = 1  # per target, the first try included
-    backoff: float = 0.25
+    backoff: float = 0.25  # before the second try; doubles each time, up to `backoff_max`
+    backoff_max: float = 5.0
+    jitter: bool = True  # wait between half and all of the backoff, so retries spread out
+    on: frozenset[str] = RETRY_ON_DEFAULT  # failure classes retried on the same target
+
+    def pause(self, retry: int, draw: float) -> float:
+        """Seconds before retry number `retry` (1-based); `draw` is uniform in [0, 1)."""
+        pause = min(self.backoff_max, self.backoff * 2 ** (retry - 1))
+        return pause * (0.5 + draw / 2) if self.jitter else pause
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    model: Model
+    retry: Retry
+
+
+@dataclass(frozen=True, slots=True)
+class Hedge:
+    after: float  # start the next target if no first token by then
+    max: int = 1  # extra targets raced at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +109,10 @@ class Route:
     name: str
     model: str  # what the app puts in `model`
     conditions: tuple[Condition, ...]
-    targets: tuple[Model, ...]
-    retry: Retry
+    targets: tuple[Target, ...]
     timeout: float
+    first_token_timeout: float | None = None  # streams: the wait for the first event
+    hedge: Hedge | None = None
     implicit: bool = False  # a model addressed directly, with no route of its own
 
 

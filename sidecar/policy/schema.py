@@ -33,6 +33,18 @@ MOCK: dict[str, Any] = {
     "embedding_dims": {"type": "integer", "min": 1, "max": 8192},
 }
 
+FAILURE_CLASSES = ("connect", "timeout", "5xx", "429", "overloaded", "auth", "protocol")
+
+CIRCUIT: dict[str, Any] = {
+    # Open after N failures in a row, or when failures / calls in `window` reach the ratio
+    # (with at least `min_calls` calls). After `cooldown`, one probe is let through.
+    "consecutive_failures": {"type": "integer", "min": 1},
+    "failure_ratio": {"type": "float", "min": 0.01, "max": 1.0},
+    "min_calls": {"type": "integer", "min": 1},
+    "window": DURATION,
+    "cooldown": DURATION,
+}
+
 PROVIDER: dict[str, Any] = {
     "type": {"type": "string", "required": True, "allowed": list(PROVIDER_TYPES)},
     "base_url": {"type": "string", "check_with": "url"},
@@ -43,6 +55,9 @@ PROVIDER: dict[str, Any] = {
     "anthropic_version": {"type": "string", "empty": False},
     "max_tokens": {"type": "integer", "min": 1},
     "mock": {"type": "dict", "schema": MOCK},
+    "max_concurrency": {"type": "integer", "min": 1},
+    "concurrency_wait": DURATION,
+    "circuit": {"type": "dict", "schema": CIRCUIT},
 }
 
 PRICE: dict[str, Any] = {
@@ -55,6 +70,7 @@ MODEL: dict[str, Any] = {
     "provider": {"type": "string", "required": True},
     "name": {"type": "string", "empty": False},
     "price": {"type": "dict", "schema": PRICE},
+    "circuit": {"type": "dict", "schema": CIRCUIT},
 }
 
 MATCH: dict[str, Any] = {
@@ -64,9 +80,36 @@ MATCH: dict[str, Any] = {
     "team": NAMES,
 }
 
+BACKOFF: dict[str, Any] = {
+    "base": DURATION,
+    "max": DURATION,
+    "jitter": {"type": "boolean"},
+}
+
 RETRY: dict[str, Any] = {
     "attempts": {"type": "integer", "min": 1, "max": 10},
-    "backoff": DURATION,
+    # `250ms`, or {base: 250ms, max: 5s, jitter: true}
+    "backoff": {"anyof": [DURATION, {"type": "dict", "schema": BACKOFF}]},
+    "on": {"type": "list", "schema": {"type": "string", "allowed": list(FAILURE_CLASSES)}},
+}
+
+TARGET: dict[str, Any] = {
+    # a model name, or {model: NAME, retry: {...}} to give one target its own retry policy
+    "anyof": [
+        {"type": "string", "empty": False},
+        {
+            "type": "dict",
+            "schema": {
+                "model": {"type": "string", "required": True, "empty": False},
+                "retry": {"type": "dict", "schema": RETRY},
+            },
+        },
+    ]
+}
+
+HEDGE: dict[str, Any] = {
+    "after": {**DURATION, "required": True},
+    "max": {"type": "integer", "min": 1, "max": 4},
 }
 
 ROUTE: dict[str, Any] = {
@@ -75,10 +118,12 @@ ROUTE: dict[str, Any] = {
         "type": "list",
         "required": True,
         "minlength": 1,
-        "schema": {"type": "string", "empty": False},
+        "schema": TARGET,
     },
     "retry": {"type": "dict", "schema": RETRY},
     "timeout": DURATION,
+    "first_token_timeout": DURATION,
+    "hedge": {"type": "dict", "schema": HEDGE},
 }
 
 

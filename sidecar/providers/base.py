@@ -7,9 +7,12 @@ formats meet in one place instead of N-by-N converters.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from sidecar.errors import BUSY, UpstreamError
 
 CHAT = "chat"
 EMBEDDINGS = "embeddings"
@@ -61,16 +64,35 @@ class Provider(Protocol):
 
 
 class Leases:
-    """Counts calls in flight on a provider, so a provider retired by a reload is closed
-    only after its last request (a long stream, say) has finished."""
+    """Counts calls in flight on a provider: a provider retired by a reload is closed only
+    after its last call (a long stream, say) is done, and `max_concurrency` caps them so one
+    slow provider cannot hold every connection; a call that finds no slot within `wait`
+    fails with `busy`, and dispatch moves on to the next target."""
 
-    __slots__ = ("count", "idle")
+    __slots__ = ("_slots", "count", "idle", "limit", "wait")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None, wait: float = 0.1) -> None:
         self.count = 0
         self.idle: Callable[[], None] | None = None
+        self.limit = limit
+        self.wait = wait
+        self._slots: asyncio.Semaphore | None = None
 
-    def take(self) -> Callable[[], None]:
+    async def acquire(self) -> Callable[[], None]:
+        slots = self._slots
+        if self.limit is not None:
+            if slots is None:
+                slots = self._slots = asyncio.Semaphore(self.limit)
+            if slots.locked():
+                try:
+                    async with asyncio.timeout(self.wait):
+                        await slots.acquire()
+                except TimeoutError:
+                    raise UpstreamError(
+                        BUSY, f"{self.limit} calls already in flight (max_concurrency)"
+                    ) from None
+            else:
+                await slots.acquire()
         self.count += 1
         done = False
 
@@ -79,6 +101,8 @@ class Leases:
             if not done:
                 done = True
                 self.count -= 1
+                if slots is not None:
+                    slots.release()
                 if self.count == 0 and self.idle is not None:
                     self.idle()
 

@@ -140,7 +140,7 @@ class HttpProvider:
             total=None, sock_connect=config.timeout, sock_read=config.timeout
         )
         self._session: aiohttp.ClientSession | None = None
-        self._leases = Leases()
+        self._leases = Leases(config.max_concurrency, config.concurrency_wait)
         secret = config.api_key.reveal().encode()
         self._secret = secret
 
@@ -183,7 +183,7 @@ class HttpProvider:
         payload = self.payload(call)
         if self._session is None:
             self._session = new_session(self.config)
-        release = self._leases.take()
+        release = await self._leases.acquire()
         try:
             resp = await self._session.post(
                 url, data=payload, headers=self._headers, timeout=self._timeout

@@ -22,7 +22,7 @@ class MockProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
         self.settings = config.mock
-        self._leases = Leases()
+        self._leases = Leases(config.max_concurrency, config.concurrency_wait)
 
     @property
     def busy(self) -> bool:
@@ -32,7 +32,7 @@ class MockProvider:
         self._leases.idle = callback
 
     async def send(self, call: Call) -> Reply:
-        release = self._leases.take()
+        release = await self._leases.acquire()
         try:
             if self.settings.latency:
                 await asyncio.sleep(self.settings.latency)
