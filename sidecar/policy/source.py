@@ -122,11 +122,12 @@ class _NodeReader:
         if isinstance(node, MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = self.value(key_node, path)
                 line = key_node.start_mark.line + 1
-                if not isinstance(key, str | int | float | bool) or key is None:
+                if not isinstance(key_node, ScalarNode):
                     self._problem(line, "mapping keys must be plain scalars")
                     continue
+                # Keys are names, taken as written: YAML 1.1 would read `on:` as True.
+                key = key_node.value
                 if key in out:
                     self._problem(line, f"duplicate key '{key}'")
                     continue

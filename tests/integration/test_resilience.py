@@ -1,0 +1,252 @@
+"""Retries, Retry-After, circuit breakers, hedging, concurrency caps, deadlines and
+cancellation, seen through the OpenAI SDK against real fake upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from sidecar.app import Sidecar
+from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.upstream import FakeOpenAI
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[..., object]]:
+    """Start a sidecar whose policy is the given `routes:` text (and provider extras)."""
+    started: list[Sidecar] = []
+
+    async def start(routes: str, provider_extra: str = "", model_extra: str = "") -> Sidecar:
+        write_policy(
+            tmp_path / "p",
+            "p.yaml",
+            f"""
+            providers:
+              main:
+                type: openai
+                base_url: {upstream.base_url}
+                timeout: 5s
+            {provider_extra}
+              spare:
+                type: openai
+                base_url: {upstream.base_url}
+            models:
+              a: {{provider: main, name: up-a{model_extra}}}
+              b: {{provider: spare, name: up-b}}
+            routes:
+            {routes}
+            """,
+        )
+        sc = await start_sidecar(tmp_path / "p")
+        started.append(sc)
+        return sc
+
+    yield start
+    for sc in started:
+        await sc.stop()
+
+
+def api(sc: Sidecar, timeout: float = 10.0) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0, timeout=timeout
+    )
+
+
+async def ask(sc: Sidecar, **kw: object) -> tuple[str, dict[str, str]]:
+    async with api(sc) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="r", messages=MESSAGES, **kw
+        )
+        return raw.parse().choices[0].message.content or "", dict(raw.headers)
+
+
+async def test_retries_the_same_target_until_it_answers(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], retry: {attempts: 3, backoff: 10ms}}")
+    upstream.behave("up-a", status=503, fail_times=2, reply="third time lucky")
+    text, headers = await ask(sc)
+    assert text == "third time lucky"
+    assert headers["x-sidecar-attempts"] == "3"
+    assert headers["x-sidecar-model"] == "a"
+    assert upstream.calls("up-b") == []
+
+
+async def test_classes_not_in_retry_on_move_to_the_next_target_at_once(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], retry: {attempts: 3, backoff: 10ms, on: [connect]}}")
+    upstream.behave("up-a", status=500)
+    _, headers = await ask(sc)
+    assert len(upstream.calls("up-a")) == 1
+    assert headers["x-sidecar-model"] == "b"
+    assert headers["x-sidecar-fallback-reason"] == "5xx"
+
+
+async def test_retry_after_is_honoured_when_it_fits_the_deadline(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], retry: {attempts: 2, backoff: 10ms}, timeout: 5s}")
+    upstream.behave("up-a", status=429, retry_after="1", fail_times=1, reply="after waiting")
+    began = time.monotonic()
+    text, headers = await ask(sc)
+    assert text == "after waiting"
+    assert headers["x-sidecar-model"] == "a"
+    assert time.monotonic() - began >= 0.9
+    calls = upstream.calls("up-a")
+    assert calls[1].at - calls[0].at >= 0.95
+
+
+async def test_retry_after_beyond_the_deadline_moves_on_without_waiting(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], retry: {attempts: 2, backoff: 10ms}, timeout: 3s}")
+    upstream.behave("up-a", status=429, retry_after="30")
+    began = time.monotonic()
+    _, headers = await ask(sc)
+    assert time.monotonic() - began < 1.0
+    assert headers["x-sidecar-model"] == "b"
+    assert headers["x-sidecar-fallback-reason"] == "429"
+
+
+async def test_all_targets_rate_limited_passes_429_and_retry_after_on(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], timeout: 2s}")
+    upstream.behave("up-a", status=429, retry_after="7")
+    upstream.behave("up-b", status=429, retry_after="12")
+    async with api(sc) as client:
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="r", messages=MESSAGES)
+    assert info.value.response.headers["retry-after"] == "12"
+
+
+async def test_open_circuit_skips_the_target_without_calling_it(make, upstream: FakeOpenAI):
+    sc = await make(
+        "  r: {targets: [a, b]}",
+        model_extra=", circuit: {consecutive_failures: 2, cooldown: 300ms}",
+    )
+    upstream.behave("up-a", status=500)
+    for _ in range(2):
+        await ask(sc)
+    assert len(upstream.calls("up-a")) == 2
+    _, headers = await ask(sc)
+    assert len(upstream.calls("up-a")) == 2  # skipped: no network call
+    assert headers["x-sidecar-attempts"] == "1"
+    assert headers["x-sidecar-fallback-reason"] == "circuit_open"
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.ops_port}/status") as r:
+        assert (await r.json())["circuits"]["a"]["state"] == "open"
+
+    # After the cooldown one probe goes through; the provider has recovered: closed again.
+    upstream.behave("up-a", reply="recovered")
+    await asyncio.sleep(0.35)
+    text, _ = await ask(sc)
+    assert text == "recovered"
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.ops_port}/status") as r:
+        assert (await r.json())["circuits"]["a"]["state"] == "closed"
+
+
+async def test_failed_probe_reopens_the_circuit(make, upstream: FakeOpenAI):
+    sc = await make(
+        "  r: {targets: [a, b]}",
+        model_extra=", circuit: {consecutive_failures: 1, cooldown: 200ms}",
+    )
+    upstream.behave("up-a", status=503)
+    await ask(sc)
+    await asyncio.sleep(0.25)
+    await ask(sc)  # the probe, which fails
+    assert len(upstream.calls("up-a")) == 2
+    await ask(sc)
+    assert len(upstream.calls("up-a")) == 2  # open again
+
+
+async def test_hedge_races_the_next_target_and_cancels_the_loser(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], hedge: {after: 100ms}}")
+    upstream.behave("up-a", delay=2.0, reply="slow")
+    upstream.behave("up-b", reply="fast")
+    began = time.monotonic()
+    text, headers = await ask(sc)
+    assert text == "fast"
+    assert time.monotonic() - began < 1.5
+    assert headers["x-sidecar-model"] == "b"
+    assert headers["x-sidecar-attempts"] == "2"
+    for _ in range(50):
+        if upstream.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert upstream.cancelled == 1  # the slow one was cancelled, not left to run and bill
+
+
+async def test_hedge_does_not_start_when_the_first_answers_in_time(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], hedge: {after: 500ms}}")
+    _, headers = await ask(sc)
+    assert headers["x-sidecar-model"] == "a"
+    assert upstream.calls("up-b") == []
+
+
+async def test_max_concurrency_sends_the_excess_to_the_next_target(make, upstream: FakeOpenAI):
+    sc = await make(
+        "  r: {targets: [a, b]}",
+        provider_extra="""    max_concurrency: 1
+                concurrency_wait: 50ms""",
+    )
+    upstream.behave("up-a", delay=0.5, reply="slow one")
+    first = asyncio.create_task(ask(sc))
+    await asyncio.sleep(0.1)  # the first call now holds main's only slot
+    text, headers = await ask(sc)
+    assert headers["x-sidecar-model"] == "b"
+    assert headers["x-sidecar-fallback-reason"] == "busy"
+    assert len(upstream.calls("up-a")) == 1  # the excess never reached the slow provider
+    text, _ = await first
+    assert text == "slow one"
+
+
+async def test_route_deadline_bounds_the_whole_request(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], timeout: 400ms}")
+    upstream.behave("up-a", delay=5.0)
+    upstream.behave("up-b", delay=5.0)
+    began = time.monotonic()
+    async with api(sc) as client:
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="r", messages=MESSAGES)
+    assert info.value.status_code == 504
+    assert time.monotonic() - began < 1.5
+
+
+async def test_first_token_timeout_falls_over_a_silent_stream(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a, b], first_token_timeout: 200ms}")
+    upstream.behave("up-a", delay=3.0)
+    upstream.behave("up-b", reply="b streams")
+    async with api(sc) as client:
+        stream = await client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "b streams"
+
+
+async def test_client_leaving_a_stream_cancels_the_upstream(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a]}")
+    upstream.behave("up-a", reply="w " * 200, chunk_delay=0.02)
+    async with api(sc) as client:
+        stream = await client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 3:
+                break
+        await stream.close()
+    for _ in range(100):
+        if upstream.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert upstream.cancelled == 1
+
+
+async def test_client_giving_up_on_a_json_call_cancels_the_upstream(make, upstream: FakeOpenAI):
+    sc = await make("  r: {targets: [a]}")
+    upstream.behave("up-a", delay=3.0)
+    async with api(sc, timeout=0.3) as client:
+        with pytest.raises(openai.APITimeoutError):
+            await client.chat.completions.create(model="r", messages=MESSAGES)
+    for _ in range(100):
+        if upstream.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert upstream.cancelled == 1
