@@ -4,11 +4,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.anthropic_upstream import FakeAnthropic
 from tests.support.upstream import FakeOpenAI
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[FakeOpenAI]:
     fake = await FakeOpenAI().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def upstream_anthropic() -> AsyncIterator[FakeAnthropic]:
+    fake = await FakeAnthropic().start()
     yield fake
     await fake.stop()

@@ -29,6 +29,18 @@ def request(body: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("model", "max_tokens", "messages"):
         if field not in body:
             raise InvalidRequest(f"'{field}' is required", code="missing_field")
+    try:
+        return _request(body)
+    except (AttributeError, KeyError, TypeError) as exc:
+        # A body whose parts have the wrong shape (a message that is not an object, a tool
+        # without a name): the client's fault, so a 400, never a 500 from deep inside.
+        raise InvalidRequest(
+            f"malformed Messages request ({exc.__class__.__name__}: {exc})"[:300],
+            code="invalid_request",
+        ) from None
+
+
+def _request(body: Mapping[str, Any]) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if body.get("system"):
         messages.append({"role": "system", "content": _text(body["system"])})

@@ -1,8 +1,9 @@
 """OpenAI chat completions → Anthropic Messages, and Anthropic's answers back.
 
 The sidecar's internal format is OpenAI's; this module is the Anthropic adapter's half of
-the seam. Requests for features Anthropic cannot honour fail with a 400 that names the
-feature, instead of being silently dropped.
+the seam. Requests for features whose absence changes the answer's shape (logprobs, n > 1,
+audio, unknown content parts or tool types) fail with a 400 that names the feature;
+sampling knobs with no Anthropic equivalent (seed, penalties, logit_bias) are dropped.
 """
 
 from __future__ import annotations
@@ -23,35 +24,6 @@ FINISH = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-# Parameters that only change how the OpenAI client is served, or that Anthropic has no
-# equivalent for but that are safe to ignore.
-_IGNORED = frozenset(
-    {
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "n",
-        "user",
-        "store",
-        "service_tier",
-        "seed",
-        "logit_bias",
-        "presence_penalty",
-        "frequency_penalty",
-        "parallel_tool_calls",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "tools",
-        "tool_choice",
-        "response_format",
-        "metadata",
-        "x_anthropic",
-    }
-)
 _UNSUPPORTED = {
     "logprobs": "logprobs",
     "top_logprobs": "logprobs",
@@ -73,6 +45,24 @@ def _reject(feature: str) -> UpstreamError:
 
 
 def request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
+    try:
+        return _request(body, model, default_max_tokens)
+    except (AttributeError, KeyError, TypeError) as exc:
+        # Parts of the wrong shape (a message that is not an object, `stop: 5`): the
+        # request's own fault, so a 400 like any other, not an error that escapes dispatch.
+        error = {
+            "error": {
+                "message": f"malformed chat request ({exc.__class__.__name__}: {exc})"[:300],
+                "type": "invalid_request_error",
+                "code": "invalid_request",
+            }
+        }
+        raise UpstreamError(
+            CLIENT, "malformed request", status=400, raw_body=orjson.dumps(error)
+        ) from None
+
+
+def _request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
     for key, feature in _UNSUPPORTED.items():
         if body.get(key):
             raise _reject(feature)
