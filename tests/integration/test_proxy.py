@@ -58,7 +58,9 @@ async def api(sidecar: Sidecar) -> AsyncIterator[openai.AsyncOpenAI]:
         yield client
 
 
-async def test_chat_reaches_first_target_with_provider_key(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_chat_reaches_first_target_with_provider_key(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     raw = await api.chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": "hi"}]
     )
@@ -74,7 +76,9 @@ async def test_chat_reaches_first_target_with_provider_key(api: openai.AsyncOpen
     assert seen.headers["Authorization"] == f"Bearer {KEY}"  # the app's key never leaves
 
 
-async def test_streaming_relays_events_and_usage(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_streaming_relays_events_and_usage(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave("up-fast", reply="one two three four")
     stream = await api.chat.completions.create(
         model="chat",
@@ -97,7 +101,9 @@ async def test_streaming_relays_events_and_usage(api: openai.AsyncOpenAI, sideca
     ("fault", "kind"),
     [({"status": 503}, "5xx"), ({"drop": True}, "connect"), ({"delay": 3.0}, "timeout")],
 )
-async def test_failed_target_falls_back_to_next(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI, fault, kind):
+async def test_failed_target_falls_back_to_next(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI, fault, kind
+):
     upstream.behave("up-fast", **fault)
     upstream.behave("up-spare", reply="from the spare")
     raw = await api.chat.completions.with_raw_response.create(
@@ -110,7 +116,9 @@ async def test_failed_target_falls_back_to_next(api: openai.AsyncOpenAI, sidecar
     assert upstream.calls("up-spare")[0].headers["Authorization"] == "Bearer backup-key"
 
 
-async def test_stream_that_fails_before_first_event_falls_back(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_stream_that_fails_before_first_event_falls_back(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave("up-fast", cut_after=0)
     upstream.behave("up-spare", reply="spare stream")
     stream = await api.chat.completions.create(
@@ -120,7 +128,9 @@ async def test_stream_that_fails_before_first_event_falls_back(api: openai.Async
     assert text == "spare stream"
 
 
-async def test_stream_cut_midway_ends_with_an_error_the_sdk_raises(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_stream_cut_midway_ends_with_an_error_the_sdk_raises(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave("up-fast", reply="a b c d e f", cut_after=3)
     stream = await api.chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -133,7 +143,9 @@ async def test_stream_cut_midway_ends_with_an_error_the_sdk_raises(api: openai.A
     assert received == "a b"  # what arrived was relayed; it is not presented as complete
 
 
-async def test_all_targets_failing_is_a_502_naming_each_attempt(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_all_targets_failing_is_a_502_naming_each_attempt(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave("up-fast", status=500)
     upstream.behave("up-spare", status=503)
     with pytest.raises(openai.APIStatusError) as info:
@@ -148,7 +160,9 @@ async def test_all_targets_failing_is_a_502_naming_each_attempt(api: openai.Asyn
     assert KEY not in err.message
 
 
-async def test_all_targets_timing_out_is_a_504(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_all_targets_timing_out_is_a_504(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave("up-fast", delay=3.0)
     upstream.behave("up-spare", delay=10.0)
     with pytest.raises(openai.APIStatusError) as info:
@@ -158,11 +172,19 @@ async def test_all_targets_timing_out_is_a_504(api: openai.AsyncOpenAI, sidecar:
     assert info.value.status_code == 504
 
 
-async def test_request_error_from_upstream_is_passed_back_not_retried(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_request_error_from_upstream_is_passed_back_not_retried(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave(
         "up-fast",
         status=400,
-        error_body={"error": {"message": f"bad request, key {KEY}", "type": "invalid_request_error", "code": "x"}},
+        error_body={
+            "error": {
+                "message": f"bad request, key {KEY}",
+                "type": "invalid_request_error",
+                "code": "x",
+            }
+        },
     )
     with pytest.raises(openai.BadRequestError) as info:
         await api.chat.completions.create(
@@ -173,7 +195,9 @@ async def test_request_error_from_upstream_is_passed_back_not_retried(api: opena
     assert upstream.calls("up-spare") == []
 
 
-async def test_upstream_401_is_our_problem_and_never_echoes_the_key(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_upstream_401_is_our_problem_and_never_echoes_the_key(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     upstream.behave(
         "up-fast",
         status=401,
@@ -198,7 +222,9 @@ async def test_unknown_model_is_404_listing_what_exists(api: openai.AsyncOpenAI,
     assert "chat, embed, fast, spare, emb" in info.value.message
 
 
-async def test_a_model_can_be_addressed_directly(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_a_model_can_be_addressed_directly(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     raw = await api.chat.completions.with_raw_response.create(
         model="spare", messages=[{"role": "user", "content": "hi"}]
     )
@@ -206,7 +232,9 @@ async def test_a_model_can_be_addressed_directly(api: openai.AsyncOpenAI, sideca
     assert upstream.calls()[0].body["model"] == "up-spare"
 
 
-async def test_embeddings_and_models(api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI):
+async def test_embeddings_and_models(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
     c = api
     result = await c.embeddings.create(model="embed", input=["abc", "hello"])
     assert [d.embedding[0] for d in result.data] == [3.0, 5.0]
@@ -218,9 +246,12 @@ async def test_embeddings_and_models(api: openai.AsyncOpenAI, sidecar: Sidecar, 
 async def test_malformed_json_is_a_400_in_openai_shape(api: openai.AsyncOpenAI, sidecar: Sidecar):
     import aiohttp
 
-    async with aiohttp.ClientSession() as s, s.post(
-        f"http://127.0.0.1:{sidecar.port}/v1/chat/completions", data=b'{"model": "chat",'
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{sidecar.port}/v1/chat/completions", data=b'{"model": "chat",'
+        ) as r,
+    ):
         assert r.status == 400
         body = await r.json()
     assert body["error"]["code"] == "invalid_json"

@@ -25,7 +25,9 @@ def write_policy(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-async def start_sidecar(folder: Path, env: Mapping[str, str] | None = None, **settings: object) -> Sidecar:
+async def start_sidecar(
+    folder: Path, env: Mapping[str, str] | None = None, **settings: object
+) -> Sidecar:
     sidecar = Sidecar(
         Settings(policies=folder, port=0, ops_host="127.0.0.1", ops_port=0, **settings),  # type: ignore[arg-type]
         env=env if env is not None else {},
@@ -50,8 +52,19 @@ class SidecarProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "sidecar", "serve", "--policies", str(folder),
-                "--port", str(self.port), "--ops-host", "127.0.0.1", "--ops-port", str(self.ops_port), *args,
+                sys.executable,
+                "-m",
+                "sidecar",
+                "serve",
+                "--policies",
+                str(folder),
+                "--port",
+                str(self.port),
+                "--ops-host",
+                "127.0.0.1",
+                "--ops-port",
+                str(self.ops_port),
+                *args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -62,8 +75,8 @@ class SidecarProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_ready(self, within: float = 15.0) -> None:
+        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -75,7 +88,7 @@ class SidecarProcess:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-        raise TimeoutError(f"sidecar not ready in {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"sidecar not ready in {within}s:\n{self.log()}")
 
     def log(self) -> str:
         self._log.flush()

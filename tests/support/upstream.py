@@ -73,7 +73,9 @@ class FakeOpenAI:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _common(self, request: web.Request) -> tuple[dict[str, Any], Behaviour, web.StreamResponse | None]:
+    async def _common(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], Behaviour, web.StreamResponse | None]:
         body = await request.json()
         self.seen.append(Seen(request.path, dict(request.headers), body))
         b = self.behaviours.get(body.get("model"), Behaviour())
@@ -92,7 +94,11 @@ class FakeOpenAI:
             return body, b, web.Response(status=500)
         if failing and b.status != 200:
             error = b.error_body or {
-                "error": {"message": f"fake failure {b.status}", "type": "server_error", "code": None}
+                "error": {
+                    "message": f"fake failure {b.status}",
+                    "type": "server_error",
+                    "code": None,
+                }
             }
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             return body, b, web.json_response(error, status=b.status, headers=headers)
@@ -107,7 +113,9 @@ class FakeOpenAI:
             return web.json_response(completion(model, b.reply))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        events = stream_events(model, b.reply, (body.get("stream_options") or {}).get("include_usage", False))
+        events = stream_events(
+            model, b.reply, (body.get("stream_options") or {}).get("include_usage", False)
+        )
         try:
             for i, event in enumerate(events):
                 if b.cut_after is not None and i >= b.cut_after:
@@ -133,7 +141,9 @@ class FakeOpenAI:
             for i, x in enumerate(inputs)
         ]
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
-        return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
+        return web.json_response(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
 
 
 def completion(model: str, text: str) -> dict[str, Any]:
@@ -151,14 +161,35 @@ def completion(model: str, text: str) -> dict[str, Any]:
 
 def stream_events(model: str, text: str, include_usage: bool) -> list[bytes]:
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model, "choices": choices, **extra}
+        chunk = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": choices,
+            **extra,
+        }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-    events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    events = [
+        event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    ]
     for i, word in enumerate(text.split(" ")):
-        events.append(event([{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}]))
+        events.append(
+            event(
+                [
+                    {
+                        "index": 0,
+                        "delta": {"content": word if i == 0 else " " + word},
+                        "finish_reason": None,
+                    }
+                ]
+            )
+        )
     events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     if include_usage:
-        events.append(event([], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}))
+        events.append(
+            event([], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+        )
     events.append(b"data: [DONE]\n\n")
     return events
