@@ -135,12 +135,16 @@ async def test_stream_cut_midway_ends_with_an_error_the_sdk_raises(
     stream = await api.chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "hi"}], stream=True
     )
-    received = ""
-    with pytest.raises(openai.APIError, match="incomplete"):
+    received: list[str] = []
+
+    async def read_all() -> None:
         async for chunk in stream:
             if chunk.choices:
-                received += chunk.choices[0].delta.content or ""
-    assert received == "a b"  # what arrived was relayed; it is not presented as complete
+                received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError, match="incomplete"):
+        await read_all()
+    assert "".join(received) == "a b"  # what arrived was relayed; it is not presented as complete
 
 
 async def test_all_targets_failing_is_a_502_naming_each_attempt(
