@@ -38,6 +38,7 @@ class Settings:
     ops_port: int = 8481
     drain_timeout: float = 30.0
     max_body: int = 32 * 1024 * 1024  # images in requests are far above aiohttp's 1 MiB
+    state_dir: Path = Path(".")  # where a sqlite state file with a relative path lives
     watch: bool = True
 
 
@@ -73,7 +74,7 @@ def _listen(host: str, port: int) -> socket.socket:
 class Sidecar:
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.holder = PolicyHolder(settings.policies, env)
+        self.holder = PolicyHolder(settings.policies, env, settings.state_dir)
         self.lifecycle: dict[str, Any] = {"draining": False}
         self._runners: list[web.AppRunner] = []
         self._sockets: list[socket.socket] = []

@@ -41,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
         help="seconds requests in flight get to finish after SIGTERM (default 30)",
     )
     serve.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("SIDECAR_STATE_DIR", ".")),
+        help="folder for the sqlite state file (default $SIDECAR_STATE_DIR or .)",
+    )
 
     check = sub.add_parser(
         "check", help="validate a policy folder (exit 1 with FILE:LINE: problems)"
@@ -88,6 +94,7 @@ def serve(args: argparse.Namespace) -> int:
         ops_host=args.ops_host,
         ops_port=args.ops_port,
         drain_timeout=args.drain_timeout,
+        state_dir=args.state_dir,
     )
     try:
         import uvloop  # roughly doubles requests per second on one core

@@ -4,6 +4,9 @@
     ├── InvalidRequest            400  the request itself is wrong (bad JSON, missing model)
     ├── ModelNotFound             404  no route and no model by that name; lists what exists
     ├── NotReady                  503  no valid policy loaded yet, or shutting down
+    ├── RateLimited               429  a limit is full and its queue too (or the wait ran out)
+    ├── BudgetExceeded            429  a `reject` budget has no room for this request
+    ├── StateUnavailable          503  the state store is down and `on_error: closed`
     ├── UpstreamRejected          4xx  the provider refused the request itself; its body, redacted
     └── TargetsExhausted          502/504  every target failed; names each attempt, in order
 
@@ -57,6 +60,27 @@ class NotReady(SidecarError):
     status = 503
     type = "server_error"
     code = "not_ready"
+
+
+class RateLimited(SidecarError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float, code: str = "rate_limited") -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.code = code
+
+
+class BudgetExceeded(SidecarError):
+    status = 429
+    type = "rate_limit_error"
+    code = "budget_exceeded"
+
+
+class StateUnavailable(SidecarError):
+    status = 503
+    type = "server_error"
+    code = "state_unavailable"
 
 
 class UpstreamRejected(SidecarError):

@@ -18,7 +18,7 @@ from aiohttp import web
 from sidecar.api.keys import HOLDER
 from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.run import run
+from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Reply
 
 log = logging.getLogger("sidecar.api")
@@ -60,23 +60,32 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
         body = dialect.to_internal(await _json_body(request))
     except SidecarError as exc:
         return error_response(dialect, exc)
+    stream = operation == CHAT and body.get("stream") is True
+    client_body = body
+    if stream and not (body.get("stream_options") or {}).get("include_usage"):
+        # Ask for the usage chunk so the request can be accounted; `meter` drops it again.
+        body = {
+            **body,
+            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
+        }
     ctx = RequestContext(
-        operation,
-        body,
-        request.headers,
-        snapshot,
-        stream=operation == CHAT and body.get("stream") is True,
+        operation, body, request.headers, snapshot, stream=stream, client_body=client_body
     )
     try:
-        reply = await run(ctx)
-    except SidecarError as exc:
-        return error_response(dialect, exc, ctx.response_headers())
-    headers = ctx.response_headers()
-    if reply.events is None:
-        return web.Response(
-            body=dialect.answer(reply.body), status=reply.status, headers=headers, content_type=JSON
-        )
-    return await _relay(request, reply, ctx, headers, dialect)
+        try:
+            reply = await run(ctx)
+        except SidecarError as exc:
+            return error_response(dialect, exc, ctx.response_headers())
+        if reply.events is None:
+            return web.Response(
+                body=dialect.answer(reply.body),
+                status=reply.status,
+                headers=ctx.response_headers(),
+                content_type=JSON,
+            )
+        return await _relay(request, reply, ctx, ctx.response_headers(), dialect)
+    finally:
+        await finish(ctx)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 
 from sidecar.errors import FailedAttempt
 from sidecar.policy.holder import Snapshot
-from sidecar.policy.model import Model, Route
+from sidecar.policy.model import Model, Route, Target
+from sidecar.stores.state import Hold
 
 
 @dataclass(slots=True)
@@ -20,11 +21,26 @@ class RequestContext:
     snapshot: Snapshot  # the policy this request started with, kept to its end
     started: float = field(default_factory=time.monotonic)
     stream: bool = False
+    client_body: Mapping[str, Any] = field(default_factory=dict)  # before the sidecar's additions
     # identify
     user: str | None = None
     team: str | None = None
+    app_key: str | None = None  # a hash of the app's own bearer token, never the token
+    priority: int = 1
     # route
     route: Route | None = None
+    targets: tuple[Target, ...] = ()
+    # admit
+    estimate_in: int = 0
+    taken: list[tuple[str, str, float, float]] = field(default_factory=list)  # kind, key, n, limit
+    hold: Hold | None = None
+    downgraded_by: str | None = None
+    # account
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    usage_known: bool = False  # the provider reported usage (else: estimated)
+    cost_usd: float | None = None
     # dispatch
     attempts: int = 0
     answered_by: Model | None = None
@@ -45,4 +61,10 @@ class RequestContext:
             headers["x-sidecar-model"] = self.answered_by.name
             if self.failures:
                 headers["x-sidecar-fallback-reason"] = self.failures[-1].error.kind
+        if self.cost_usd is not None:
+            headers["x-sidecar-cost-usd"] = f"{self.cost_usd:.8f}"
+            if not self.usage_known:
+                headers["x-sidecar-usage"] = "estimated"
+        if self.downgraded_by is not None:
+            headers["x-sidecar-downgraded"] = self.downgraded_by
         return headers

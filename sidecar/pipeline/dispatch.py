@@ -46,9 +46,9 @@ class _TargetFailed(Exception):
 async def dispatch(ctx: RequestContext) -> Reply:
     route = ctx.route
     assert route is not None
-    if route.hedge is not None and len(route.targets) > 1:
+    if route.hedge is not None and len(ctx.targets) > 1:
         return await _hedged(ctx)
-    for target in route.targets:
+    for target in ctx.targets:
         try:
             reply = await _try_target(ctx, target)
         except _TargetFailed:
@@ -136,7 +136,7 @@ async def _hedged(ctx: RequestContext) -> Reply:
     route = ctx.route
     assert route is not None
     assert route.hedge is not None
-    waiting = list(route.targets)
+    waiting = list(ctx.targets)
     running: set[asyncio.Task[Reply]] = set()
     racing: dict[asyncio.Task[Reply], Target] = {}
     extra = 0

@@ -22,6 +22,7 @@ def route(ctx: RequestContext) -> None:
         known = ", ".join(policy.public_models) or "none"
         raise ModelNotFound(f"model '{model}' is not served here; available models: {known}")
     ctx.route = chosen
+    ctx.targets = chosen.targets
 
 
 def _select(

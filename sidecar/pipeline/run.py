@@ -1,21 +1,31 @@
 """The request pipeline, in order. Read this file to know what happens to a request.
 
-    identify caller → match route → [admit] → [cache lookup] → dispatch → [validate] → [account]
+    identify caller → match route → admit (limits, queue, budgets) → [cache lookup]
+      → dispatch (retries, fallback, breakers, hedging) → [validate] → meter
+    … the answer goes out …
+    finish: account (cost, spend, token-rate corrections) and release what admit took
 
 Stages in brackets arrive with later work; each is a plain function over the request
-context, so adding one is one line here.
+context, so adding one is one line here. `finish` runs from the handler's `finally`, so
+every reservation admission makes is settled or released, whatever happened.
 """
 
 from __future__ import annotations
 
+from sidecar.pipeline.account import finish, meter
+from sidecar.pipeline.admit import admit
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.route import route
 from sidecar.providers.base import Reply
 
+__all__ = ["finish", "run"]
+
 
 async def run(ctx: RequestContext) -> Reply:
     identify(ctx)
     route(ctx)
-    return await dispatch(ctx)
+    await admit(ctx)
+    reply = await dispatch(ctx)
+    return meter(ctx, reply)

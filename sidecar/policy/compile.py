@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,13 @@ from typing import Any
 
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.model import (
+    DEFAULT_STATE_PATH,
+    Admission,
+    Budget,
     Circuit,
     Condition,
     Hedge,
+    Limit,
     MockSettings,
     Model,
     Policy,
@@ -27,16 +32,18 @@ from sidecar.policy.model import (
     Retry,
     Route,
     RouteSet,
+    StateConfig,
     Target,
 )
 from sidecar.policy.problems import PolicyInvalid, Problem
-from sidecar.policy.schema import SECTIONS, structure_errors
+from sidecar.policy.schema import SECTIONS, SINGLE_SECTIONS, structure_errors
 from sidecar.policy.secret import Secret
 from sidecar.policy.source import Document, SourceFile, content_hash, parse, read_folder
 
 DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_PROVIDER_TIMEOUT = 60.0
 DEFAULT_ROUTE_TIMEOUT = 120.0
+_ENV_NAME = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,34 @@ def load_folder(folder: Path, env: Mapping[str, str] | None = None) -> Policy:
 
 
 def compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
+    try:
+        return _compile_sources(files, env)
+    except PolicyInvalid as exc:
+        raise PolicyInvalid(_hide_env_values(exc.problems, files, env)) from None
+
+
+def _hide_env_values(
+    problems: list[Problem], files: list[SourceFile], env: Mapping[str, str]
+) -> list[Problem]:
+    """A problem may quote a value that came from `${NAME}` (a key put in `base_url` by
+    mistake): it shows the reference instead, so no environment value reaches a log,
+    /status or `check`'s output. Values under 4 characters cannot be secrets worth hiding."""
+    names = {m.group(1).decode() for f in files for m in _ENV_NAME.finditer(f.text)}
+    values = sorted(
+        ((env[n], n) for n in names if len(env.get(n) or "") >= 4), key=lambda v: -len(v[0])
+    )
+    if not values:
+        return problems
+    hidden: list[Problem] = []
+    for p in problems:
+        message = p.message
+        for value, name in values:
+            message = message.replace(value, f"${{{name}}}")
+        hidden.append(Problem(p.file, p.line, message))
+    return hidden
+
+
+def _compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
     problems: list[Problem] = []
     docs = [d for f in files if (d := parse(f, env, problems)) is not None]
     for doc in docs:
@@ -69,9 +104,9 @@ def compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
             problems.append(Problem(doc.file, doc.line_of(path), message))
     if problems:
         raise PolicyInvalid(problems)
+    # A name defined twice keeps its first definition, so the cross-checks below still
+    # hold and a run reports them too, not only the duplicate.
     sections = _merge(docs, problems)
-    if problems:
-        raise PolicyInvalid(problems)
     policy = _Compiler(sections, problems).policy(content_hash(files), tuple(f.name for f in files))
     if problems:
         raise PolicyInvalid(problems)
@@ -79,8 +114,21 @@ def compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
 
 
 def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str, _Entry]]:
-    sections: dict[str, dict[str, _Entry]] = {s: {} for s in SECTIONS}
+    sections: dict[str, dict[str, _Entry]] = {s: {} for s in (*SECTIONS, *SINGLE_SECTIONS)}
     for doc in docs:
+        for section in SINGLE_SECTIONS:
+            if section in doc.data:
+                entry = _Entry(section, doc.data[section] or {}, doc, (section,))  # type: ignore[arg-type]
+                first = sections[section].get(section)
+                if first is not None:
+                    problems.append(
+                        entry.problem(
+                            f"'{section}' is set twice: in {first.doc.file}:{first.line()} "
+                            f"and {doc.file}:{entry.line()}"
+                        )
+                    )
+                    continue
+                sections[section][section] = entry
         for section in SECTIONS:
             for name, body in (doc.data.get(section) or {}).items():
                 entry = _Entry(name, body, doc, (section, name))
@@ -118,7 +166,110 @@ class _Compiler:
         routes = {e.name: self.route(e, models) for e in self.sections["routes"].values()}
         by_model = self.route_sets(routes, models)
         public = tuple(dict.fromkeys([*(r.model for r in routes.values()), *models]))
-        return Policy(version, files, providers, models, routes, by_model, public)
+        limits = {e.name: self.limit(e) for e in self.sections["limits"].values()}
+        budgets = {e.name: self.budget(e, models) for e in self.sections["budgets"].values()}
+        route_names = {
+            r.name for rs in by_model.values() for r in (*rs.conditional, rs.default) if r
+        }
+        admission = self.admission(route_names, limits, budgets)
+        return Policy(
+            version,
+            files,
+            providers,
+            models,
+            routes,
+            by_model,
+            public,
+            state=self.state(),
+            limits=limits,
+            budgets=budgets,
+            admission=admission,
+        )
+
+    def state(self) -> StateConfig:
+        entry = self.sections["state"].get("state")
+        b = entry.body if entry else {}
+        backend = b.get("backend", "redis" if "url" in b else "sqlite")
+        if backend == "redis" and not b.get("url") and entry is not None:
+            self.problems.append(entry.problem("state: backend redis needs a url"))
+        return StateConfig(
+            backend=backend,
+            path=b.get("path", DEFAULT_STATE_PATH),
+            url=b.get("url"),
+            on_error=b.get("on_error", "open"),
+            flush_interval=_seconds(b.get("flush_interval"), 1.0),
+        )
+
+    def limit(self, e: _Entry) -> Limit:
+        b = e.body
+        if not any(k in b for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent")):
+            self.problems.append(
+                e.problem(
+                    f"limit '{e.name}' sets no limit: give requests_per_minute, "
+                    "tokens_per_minute or max_concurrent"
+                )
+            )
+        queue = b.get("queue") or {}
+        return Limit(
+            name=e.name,
+            scope=b["scope"],
+            values=_values(b["values"]) if "values" in b else None,
+            requests_per_minute=b.get("requests_per_minute"),
+            tokens_per_minute=b.get("tokens_per_minute"),
+            max_concurrent=b.get("max_concurrent"),
+            queue_max_wait=_seconds(queue.get("max_wait"), 0.0),
+            queue_max_size=queue.get("max_size", 1000 if queue.get("max_wait") else 0),
+        )
+
+    def budget(self, e: _Entry, models: dict[str, Model]) -> Budget:
+        b = e.body
+        on_exceed = b.get("on_exceed", "reject")
+        downgrade = b.get("downgrade_to")
+        if on_exceed == "downgrade" and downgrade is None:
+            self.problems.append(
+                e.problem(f"budget '{e.name}': on_exceed downgrade needs downgrade_to")
+            )
+        if downgrade is not None and downgrade not in models:
+            self.problems.append(
+                e.problem(
+                    f"budget '{e.name}' downgrades to model '{downgrade}', which is not defined "
+                    f"(models: {_names(models)})",
+                    "downgrade_to",
+                )
+            )
+        return Budget(
+            name=e.name,
+            scope=b["scope"],
+            values=_values(b["values"]) if "values" in b else None,
+            limit_usd=float(b["limit_usd"]),
+            window=b["window"],
+            on_exceed=on_exceed,
+            downgrade_to=models.get(downgrade) if downgrade else None,
+            warn_at=b.get("warn_at"),
+        )
+
+    def admission(
+        self, route_names: set[str], limits: dict[str, Limit], budgets: dict[str, Budget]
+    ) -> dict[str, Admission]:
+        """Which limits and budgets apply to each route, so a request looks up one entry."""
+        applies: dict[str, tuple[list[Limit], list[Budget]]] = {r: ([], []) for r in route_names}
+        for section, table in (("limits", limits), ("budgets", budgets)):
+            for name, item in table.items():
+                entry = self.sections[section][name]
+                only = entry.body.get("routes")
+                chosen = route_names if only is None else _values(only)
+                for route in sorted(chosen):
+                    if route not in applies:
+                        self.problems.append(
+                            entry.problem(
+                                f"{section[:-1]} '{name}' names route '{route}', which does not "
+                                f"exist (routes: {_names(applies)})",
+                                "routes",
+                            )
+                        )
+                        continue
+                    applies[route][0 if section == "limits" else 1].append(item)  # type: ignore[arg-type]
+        return {r: Admission(tuple(ls), tuple(bs)) for r, (ls, bs) in applies.items() if ls or bs}
 
     def provider(self, e: _Entry) -> ProviderConfig:
         b = e.body

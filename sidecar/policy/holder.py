@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.policy.compile import compile_sources
-from sidecar.policy.model import Policy
+from sidecar.policy.model import Policy, StateConfig
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.source import SourceFile, content_hash, read_folder
 from sidecar.providers.base import Provider
 from sidecar.providers.pool import ProviderPool
 from sidecar.stores import Stores
+from sidecar.stores.backends import open_state
+from sidecar.stores.state import State, StoreUnavailable
 
 log = logging.getLogger("sidecar.policy")
 
@@ -34,6 +36,7 @@ class Snapshot:
     providers: Mapping[str, Provider]
     loaded_at: float
     stores: Stores
+    state: State
 
     @property
     def version(self) -> str:
@@ -51,13 +54,18 @@ class ReloadStatus:
 
 
 class PolicyHolder:
-    def __init__(self, folder: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, folder: Path, env: Mapping[str, str] | None = None, state_dir: Path = Path(".")
+    ) -> None:
         self.folder = folder
+        self.state_dir = state_dir
         self.env = env if env is not None else os.environ
         self.current: Snapshot | None = None
         self.last = ReloadStatus()
         self.pool = ProviderPool()
         self.stores = Stores()
+        self._state: tuple[StateConfig, State] | None = None
+        self._old_states: list[State] = []
         self._tried: str | None = None
         self._lock = asyncio.Lock()
 
@@ -78,8 +86,13 @@ class PolicyHolder:
             except PolicyInvalid as exc:
                 self._failed(version, exc.problems)
                 return False
+            try:
+                state = await self._state_for(policy.state)
+            except StoreUnavailable as exc:
+                self._failed(version, [Problem("state", 0, str(exc))])
+                return False
             snapshot = Snapshot(
-                policy, self.pool.materialize(policy.providers), time.time(), self.stores
+                policy, self.pool.materialize(policy.providers), time.time(), self.stores, state
             )
             previous = self.current
             self.current = snapshot
@@ -93,6 +106,18 @@ class PolicyHolder:
                 f" (was {previous.version})" if previous else "",
             )
             return True
+
+    async def _state_for(self, config: StateConfig) -> State:
+        """The state backend `config` asks for: the current one if unchanged. A replaced
+        one stays open for requests of older snapshots and closes at shutdown."""
+        if self._state is not None and self._state[0] == config:
+            return self._state[1]
+        state = await open_state(config, self.state_dir)
+        if self._state is not None:
+            self._old_states.append(self._state[1])
+            log.info("state backend changed: %s -> %s", self._state[0].backend, config.backend)
+        self._state = (config, state)
+        return state
 
     def _read(self) -> list[SourceFile] | None:
         return read_folder(self.folder) if self.folder.is_dir() else None
@@ -128,3 +153,8 @@ class PolicyHolder:
 
     async def close(self) -> None:
         await self.pool.close()
+        for state in [*self._old_states, *([self._state[1]] if self._state else [])]:
+            try:
+                await state.close()
+            except StoreUnavailable as exc:
+                log.error("state: closing failed (%s)", exc)

@@ -124,6 +124,50 @@ class RouteSet:
     default: Route | None
 
 
+DEFAULT_STATE_PATH = "llm-sidecar-state.db"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: str = "sqlite"
+    path: str = DEFAULT_STATE_PATH  # relative: under the sidecar's --state-dir
+    url: str | None = None
+    on_error: str = "open"  # a store that is down: admit anyway (open) or refuse (closed)
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    name: str
+    scope: str
+    values: frozenset[str] | None
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    max_concurrent: int | None
+    queue_max_wait: float
+    queue_max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    name: str
+    scope: str
+    values: frozenset[str] | None
+    limit_usd: float
+    window: str
+    on_exceed: str  # reject | downgrade | alert
+    downgrade_to: Model | None
+    warn_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What applies to one route, resolved at compile time."""
+
+    limits: tuple[Limit, ...] = ()
+    budgets: tuple[Budget, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     version: str
@@ -133,3 +177,7 @@ class Policy:
     routes: Mapping[str, Route]
     by_model: Mapping[str, RouteSet]
     public_models: tuple[str, ...]  # what GET /v1/models lists, in policy order
+    state: StateConfig = field(default_factory=StateConfig)
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+    budgets: Mapping[str, Budget] = field(default_factory=dict)
+    admission: Mapping[str, Admission] = field(default_factory=dict)  # by route name

@@ -127,6 +127,47 @@ ROUTE: dict[str, Any] = {
 }
 
 
+# What limits and budgets can be per. The answering model is known only after dispatch,
+# so it is a usage dimension but not an admission scope.
+SCOPES = ("user", "team", "route", "key", "global")
+USAGE_SCOPES = ("global", "user", "team", "route", "model", "key")
+WINDOWS = ("hour", "day", "week", "month", "total")
+
+STATE: dict[str, Any] = {
+    "backend": {"type": "string", "allowed": ["memory", "sqlite", "redis"]},
+    "path": {"type": "string", "empty": False},  # sqlite file
+    "url": {"type": "string", "regex": r"rediss?://.+"},  # redis
+    "on_error": {"type": "string", "allowed": ["open", "closed"]},
+    "flush_interval": DURATION,
+}
+
+QUEUE: dict[str, Any] = {
+    "max_wait": DURATION,
+    "max_size": {"type": "integer", "min": 0},
+}
+
+LIMIT: dict[str, Any] = {
+    "scope": {"type": "string", "required": True, "allowed": list(SCOPES)},
+    "values": NAMES,  # only these scope values; default: every value, each on its own
+    "routes": NAMES,  # only requests on these routes; default: all
+    "requests_per_minute": {"type": "number", "min": 0.001},
+    "tokens_per_minute": {"type": "number", "min": 1},
+    "max_concurrent": {"type": "integer", "min": 1},
+    "queue": {"type": "dict", "schema": QUEUE},
+}
+
+BUDGET: dict[str, Any] = {
+    "scope": {"type": "string", "required": True, "allowed": list(SCOPES)},
+    "values": NAMES,
+    "routes": NAMES,
+    "limit_usd": {"type": "number", "required": True, "min": 0},
+    "window": {"type": "string", "required": True, "allowed": list(WINDOWS)},
+    "on_exceed": {"type": "string", "allowed": ["reject", "downgrade", "alert"]},
+    "downgrade_to": {"type": "string", "empty": False},
+    "warn_at": {"type": "number", "min": 0.01, "max": 1.0},
+}
+
+
 def _named(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "dict",
@@ -139,10 +180,14 @@ POLICY_FILE: dict[str, Any] = {
     "providers": _named(PROVIDER),
     "models": _named(MODEL),
     "routes": _named(ROUTE),
+    "limits": _named(LIMIT),
+    "budgets": _named(BUDGET),
+    "state": {"type": "dict", "schema": STATE},
 }
 
-# Named sections merge across files by entry name.
-SECTIONS = tuple(POLICY_FILE)
+# Named sections merge across files by entry name; the others may appear in one file only.
+SECTIONS = ("providers", "models", "routes", "limits", "budgets")
+SINGLE_SECTIONS = ("state",)
 
 
 class _Validator(cerberus.Validator):  # type: ignore[misc]

@@ -117,8 +117,21 @@ class _NodeReader:
         self.env = env
         self.problems = problems
         self.scalars = SafeConstructor()
+        self.reading: set[int] = set()  # collections being read: an alias to one loops
 
     def value(self, node: Node, path: Path_) -> Any:
+        if not isinstance(node, MappingNode | SequenceNode):
+            return self._value(node, path)
+        if id(node) in self.reading:  # `a: &x {b: *x}`: a problem, not a RecursionError
+            self._problem(self.doc.line_of(path), "a YAML alias refers to a node containing it")
+            return None
+        self.reading.add(id(node))
+        try:
+            return self._value(node, path)
+        finally:
+            self.reading.discard(id(node))
+
+    def _value(self, node: Node, path: Path_) -> Any:
         if isinstance(node, MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:

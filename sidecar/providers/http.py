@@ -181,9 +181,11 @@ class HttpProvider:
         if url is None:
             raise unsupported(f"{call.operation} through a '{self.config.type}' provider")
         payload = self.payload(call)
-        if self._session is None:
-            self._session = new_session(self.config)
         release = await self._leases.acquire()
+        if self._session is None or self._session.closed:
+            # Retired by a reload and closed when idle, but a request of the older snapshot
+            # still calls it (a retry after its backoff): reopen; it closes again when idle.
+            self._session = new_session(self.config)
         try:
             resp = await self._session.post(
                 url, data=payload, headers=self._headers, timeout=self._timeout

@@ -49,14 +49,16 @@ class ProviderPool:
         return {name: adapter for name, (_, adapter) in live.items()}
 
     def _retire(self, adapter: Adapter) -> None:
+        """Close `adapter` whenever it is idle. A request that took an older snapshot may
+        still call it later (a retry after its backoff); that call reopens it."""
+
         def close() -> None:
-            task = asyncio.get_running_loop().create_task(adapter.close())
+            task = asyncio.get_running_loop().create_task(_close_if_idle(adapter))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-        if adapter.busy:
-            adapter.when_idle(close)
-        else:
+        adapter.when_idle(close)
+        if not adapter.busy:
             close()
 
     async def close(self) -> None:
@@ -65,3 +67,8 @@ class ProviderPool:
         self._live = {}
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _close_if_idle(adapter: Adapter) -> None:
+    if not adapter.busy:  # else a call started since; the idle callback comes again
+        await adapter.close()

@@ -6,10 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sidecar.stores.breakers import Breakers
+from sidecar.stores.lines import Lines
 
 
 @dataclass(slots=True)
 class Stores:
-    """Everything mutable that outlives one request; one instance per process."""
+    """Process-local runtime state that outlives one request; one instance per process.
+    Shared state (spend, rates) lives in the snapshot's `State` backend instead."""
 
     breakers: Breakers = field(default_factory=Breakers)
+    lines: Lines = field(default_factory=Lines)

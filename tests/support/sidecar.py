@@ -28,6 +28,7 @@ def write_policy(folder: Path, name: str, text: str) -> Path:
 async def start_sidecar(
     folder: Path, env: Mapping[str, str] | None = None, **settings: object
 ) -> Sidecar:
+    settings.setdefault("state_dir", folder.parent)  # a sqlite state file per test
     sidecar = Sidecar(
         Settings(policies=folder, port=0, ops_host="127.0.0.1", ops_port=0, **settings),  # type: ignore[arg-type]
         env=env if env is not None else {},
@@ -64,6 +65,8 @@ class SidecarProcess:
                 "127.0.0.1",
                 "--ops-port",
                 str(self.ops_port),
+                "--state-dir",
+                str(folder.parent),
                 *args,
             ],
             stdout=self._log,

@@ -1,0 +1,239 @@
+"""Stage: admission. Limits first (waiting in line if their queue allows), then budgets.
+
+Everything taken is recorded on the context and given back by `account.finish`, which
+the handler runs in a `finally`: every reserve is matched by a settle or a release.
+
+A limit applies per scope value (each user, each team, ...; `values:` narrows it). Its
+request and token rates are GCRA allowances of `N` per minute; tokens are charged with the
+request's estimated input and corrected with the real total afterwards. A `reject` budget
+holds the request's worst-case cost (estimated input at the route's dearest input price,
+plus `max_tokens` at its dearest output price) until the answer settles it, so concurrent
+requests cannot jointly overspend: spend can exceed the limit only by the gap between the
+estimate and the truth of requests in flight. `downgrade` and `alert` budgets never refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from sidecar.errors import BudgetExceeded, RateLimited, StateUnavailable
+from sidecar.pipeline.context import RequestContext
+from sidecar.policy.model import Budget, Limit, Retry, Target
+from sidecar.stores import keys
+from sidecar.stores.state import Hold, StoreUnavailable
+from sidecar.tokens import estimate_request
+
+log = logging.getLogger("sidecar.admit")
+
+_DEFAULT_MAX_OUTPUT = 4096  # when a request sets no max_tokens: a ceiling for the hold
+_SLOT_POLL = 0.05  # a slot freed by another replica is noticed this fast
+
+
+def scope_value(ctx: RequestContext, scope: str) -> str:
+    if scope == "user":
+        return ctx.user or "(none)"
+    if scope == "team":
+        return ctx.team or "(none)"
+    if scope == "route":
+        return ctx.route.name if ctx.route else "(none)"
+    if scope == "key":
+        return ctx.app_key or "(none)"
+    if scope == "model":
+        return ctx.answered_by.name if ctx.answered_by else "(none)"
+    return "*"
+
+
+async def admit(ctx: RequestContext) -> None:
+    route = ctx.route
+    assert route is not None
+    rules = ctx.snapshot.policy.admission.get(route.name)
+    if rules is None:
+        return
+    ctx.estimate_in = estimate_request(ctx.body)
+    try:
+        for limit in rules.limits:
+            value = scope_value(ctx, limit.scope)
+            if limit.values is None or value in limit.values:
+                await _pass_limit(ctx, limit, value)
+        if rules.budgets:
+            await _check_budgets(ctx, rules.budgets)
+    except StoreUnavailable as exc:
+        if ctx.snapshot.policy.state.on_error == "closed":
+            raise StateUnavailable(
+                f"state store unavailable ({exc}); refusing (on_error: closed)"
+            ) from None
+        log.error("state store unavailable (%s); admitting anyway (on_error: open)", exc)
+    except BaseException:
+        await release(ctx)
+        raise
+
+
+async def _pass_limit(ctx: RequestContext, limit: Limit, value: str) -> None:
+    name = f"{limit.name}:{value}"
+    line = ctx.snapshot.stores.lines.get(name)
+    if not len(line):
+        wait = await _take(ctx, limit, name)
+        if wait == 0.0:
+            return
+        if limit.queue_max_wait <= 0:
+            raise _limited(limit, value, wait)
+    if len(line) >= limit.queue_max_size:
+        raise RateLimited(
+            f"limit '{limit.name}' for {limit.scope} '{value}': its queue is full",
+            retry_after=1.0,
+            code="queue_full",
+        )
+    ticket = line.join(ctx.priority)
+    deadline = time.monotonic() + limit.queue_max_wait
+    try:
+        while True:
+            wait = None
+            if line.is_head(ticket):
+                wait = await _take(ctx, limit, name)
+                if wait == 0.0:
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _limited(limit, value, wait)
+            ticket.event.clear()
+            try:
+                async with asyncio.timeout(
+                    min(wait or _SLOT_POLL, left) if line.is_head(ticket) else left
+                ):
+                    await ticket.event.wait()
+            except TimeoutError:
+                pass
+    finally:
+        line.leave(ticket)
+
+
+async def _take(ctx: RequestContext, limit: Limit, name: str) -> float | None:
+    """Take one request's share of every part of `limit`: 0.0 if all were free, else the
+    seconds to wait (None: until a slot frees); what was taken is given back then."""
+    state = ctx.snapshot.state
+    taken: list[tuple[str, str, float, float]] = []
+    try:
+        if limit.requests_per_minute:
+            key = f"r:{name}"
+            wait = await state.take_rate(key, 1.0, limit.requests_per_minute, 60.0)
+            if wait:
+                return wait
+            taken.append(("rate", key, 1.0, limit.requests_per_minute))
+        if limit.tokens_per_minute:
+            key = f"t:{name}"
+            cost = min(float(ctx.estimate_in), limit.tokens_per_minute)
+            wait = await state.take_rate(key, cost, limit.tokens_per_minute, 60.0)
+            if wait:
+                await _give_back(ctx, taken)
+                return wait
+            taken.append(("tokens", key, cost, limit.tokens_per_minute))
+        if limit.max_concurrent:
+            key = f"s:{name}"
+            lease = uuid.uuid4().hex
+            ttl = (ctx.route.timeout if ctx.route else 120.0) + 60.0
+            if not await state.acquire_slot(key, limit.max_concurrent, lease, ttl):
+                await _give_back(ctx, taken)
+                return None
+            taken.append(("slot", key, 0.0, 0.0))
+            ctx.taken.append(("slot", key, 0.0, 0.0))
+            ctx.taken.append(("lease", lease, 0.0, 0.0))
+            taken.pop()
+    except BaseException:
+        await _give_back(ctx, taken)
+        raise
+    ctx.taken.extend(taken)
+    return 0.0
+
+
+async def _give_back(ctx: RequestContext, taken: list[tuple[str, str, float, float]]) -> None:
+    state = ctx.snapshot.state
+    for kind, key, amount, limit in taken:
+        if kind in ("rate", "tokens"):
+            await state.adjust_rate(key, -amount, limit, 60.0)
+    taken.clear()
+
+
+def _limited(limit: Limit, value: str, wait: float | None) -> RateLimited:
+    return RateLimited(
+        f"limit '{limit.name}' for {limit.scope} '{value}' is reached", retry_after=wait or 1.0
+    )
+
+
+async def _check_budgets(ctx: RequestContext, budgets: tuple[Budget, ...]) -> None:
+    state = ctx.snapshot.state
+    now = time.time()
+    hard: list[tuple[Budget, str, float]] = []
+    for budget in budgets:
+        value = scope_value(ctx, budget.scope)
+        if budget.values is not None and value not in budget.values:
+            continue
+        key, end, _ = keys.row(budget.window, budget.scope, value, now)
+        if budget.on_exceed == "reject":
+            hard.append((budget, key, end))
+            continue
+        spent, held = await state.spent(key)
+        if spent + held < budget.limit_usd:
+            continue
+        if budget.on_exceed == "downgrade" and budget.downgrade_to is not None:
+            ctx.downgraded_by = budget.name
+            ctx.targets = (
+                Target(budget.downgrade_to, ctx.targets[0].retry if ctx.targets else Retry()),
+            )
+        elif await state.once(f"alerted:{key}:{budget.name}", end - now):
+            log.warning(
+                "budget %s: %s '%s' spent %.4f of %.4f USD this %s (on_exceed: alert)",
+                budget.name,
+                budget.scope,
+                value,
+                spent,
+                budget.limit_usd,
+                budget.window,
+            )
+    if not hard:
+        return
+    amount = _worst_case_cost(ctx)
+    hold = Hold(uuid.uuid4().hex, tuple(k for _, k, _ in hard), amount, now + _hold_ttl(ctx))
+    over = await state.reserve(hold, tuple(b.limit_usd for b, _, _ in hard))
+    if over >= 0:
+        budget, key, end = hard[over]
+        value = scope_value(ctx, budget.scope)
+        raise BudgetExceeded(
+            f"budget '{budget.name}' for {budget.scope} '{value}' ({budget.limit_usd:g} USD per "
+            f"{budget.window}) has no room for this request",
+            retry_after=max(1.0, end - now),
+        )
+    ctx.hold = hold
+
+
+def _worst_case_cost(ctx: RequestContext) -> float:
+    body = ctx.body
+    max_out = body.get("max_completion_tokens") or body.get("max_tokens") or _DEFAULT_MAX_OUTPUT
+    prices = [t.model.price for t in ctx.targets]
+    price_in = max((p.input for p in prices), default=0.0)
+    price_out = max((p.output for p in prices), default=0.0)
+    return (ctx.estimate_in * price_in + float(max_out) * price_out) / 1e6
+
+
+def _hold_ttl(ctx: RequestContext) -> float:
+    return (ctx.route.timeout if ctx.route else 120.0) + 60.0
+
+
+async def release(ctx: RequestContext) -> None:
+    """Give back concurrency slots. Rates stay spent (a request that ran counts)."""
+    state = ctx.snapshot.state
+    lines = ctx.snapshot.stores.lines
+    taken, ctx.taken = ctx.taken, []
+    lease = ""
+    for kind, key, _, _ in reversed(taken):
+        if kind == "lease":
+            lease = key
+        elif kind == "slot":
+            try:
+                await state.release_slot(key, lease)
+            except StoreUnavailable as exc:
+                log.error("state store unavailable (%s); slot %s expires on its own", exc, key)
+            lines.wake(key[2:])
+    ctx.taken = [t for t in taken if t[0] == "tokens"]  # corrected by account, then dropped

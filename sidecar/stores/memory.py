@@ -1,0 +1,135 @@
+"""State in this process: exact under concurrency because every operation runs in one
+event-loop turn (no `await` between a check and its update)."""
+
+from __future__ import annotations
+
+import time
+
+from sidecar.stores.state import Hold, Usage
+
+_N = len(Usage.FIELDS)
+
+
+class MemoryState:
+    def __init__(self) -> None:
+        self.tats: dict[str, float] = {}  # GCRA: theoretical arrival time per rate key
+        self.slots: dict[str, dict[str, float]] = {}  # key → lease → expires_at
+        self.rows: dict[str, list[float]] = {}  # usage key → Usage.FIELDS values
+        self.row_expiry: dict[str, float] = {}
+        self.holds: dict[str, dict[str, tuple[float, float]]] = {}  # key → id → (amount, exp)
+        self.seen: dict[str, float] = {}
+        self._settles = 0
+
+    # -- rates (GCRA: one timestamp per key, exact, O(1)) -------------------------------
+
+    async def take_rate(self, key: str, cost: float, limit: float, window: float) -> float:
+        now = time.time()
+        interval = window / limit
+        tat = max(self.tats.get(key, now), now)
+        new_tat = tat + cost * interval
+        over = new_tat - now - window
+        if over > 1e-9:
+            return over
+        self.tats[key] = new_tat
+        return 0.0
+
+    async def adjust_rate(self, key: str, delta: float, limit: float, window: float) -> None:
+        now = time.time()
+        tat = max(self.tats.get(key, now), now)
+        self.tats[key] = max(now, tat + delta * window / limit)
+
+    # -- concurrency slots ---------------------------------------------------------------
+
+    async def acquire_slot(self, key: str, limit: int, lease: str, ttl: float) -> bool:
+        now = time.time()
+        leases = self.slots.setdefault(key, {})
+        if len(leases) >= limit:
+            for stale in [k for k, exp in leases.items() if exp <= now]:
+                del leases[stale]
+            if len(leases) >= limit:
+                return False
+        leases[lease] = now + ttl
+        return True
+
+    async def release_slot(self, key: str, lease: str) -> None:
+        leases = self.slots.get(key)
+        if leases is not None:
+            leases.pop(lease, None)
+
+    # -- budgets -------------------------------------------------------------------------
+
+    def _held(self, key: str, now: float) -> float:
+        holds = self.holds.get(key)
+        if not holds:
+            return 0.0
+        for stale in [h for h, (_, exp) in holds.items() if exp <= now]:
+            del holds[stale]
+        return sum(amount for amount, _ in holds.values())
+
+    async def reserve(self, hold: Hold, limits: tuple[float, ...]) -> int:
+        now = time.time()
+        for i, (key, limit) in enumerate(zip(hold.keys, limits, strict=True)):
+            row = self.rows.get(key)
+            spent = row[4] if row is not None else 0.0
+            if spent + self._held(key, now) + hold.amount > limit + 1e-12:
+                return i
+        for key in hold.keys:
+            self.holds.setdefault(key, {})[hold.id] = (hold.amount, hold.expires_at)
+        return -1
+
+    async def spent(self, key: str) -> tuple[float, float]:
+        row = self.rows.get(key)
+        return (row[4] if row is not None else 0.0), self._held(key, time.time())
+
+    async def settle(
+        self, hold: Hold | None, rows: tuple[tuple[str, float], ...], usage: Usage
+    ) -> None:
+        if hold is not None:
+            for key in hold.keys:
+                holds = self.holds.get(key)
+                if holds is not None:
+                    holds.pop(hold.id, None)
+        values = (
+            usage.requests,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_tokens,
+            usage.cost_usd,
+            usage.saved_usd,
+        )
+        for key, expires_at in rows:
+            row = self.rows.get(key)
+            if row is None:
+                row = self.rows[key] = [0.0] * _N
+                self.row_expiry[key] = expires_at
+            for i in range(_N):
+                row[i] += values[i]
+        self._settles += 1
+        if self._settles % 10_000 == 0:
+            self.purge(time.time())
+
+    def purge(self, now: float) -> None:
+        for key in [k for k, exp in self.row_expiry.items() if exp <= now]:
+            self.rows.pop(key, None)
+            del self.row_expiry[key]
+        for key in [k for k, exp in self.seen.items() if exp <= now]:
+            del self.seen[key]
+        for key in [k for k, tat in self.tats.items() if tat <= now]:
+            del self.tats[key]  # an empty bucket is the same as no bucket
+
+    async def once(self, key: str, ttl: float) -> bool:
+        now = time.time()
+        if self.seen.get(key, 0.0) > now:
+            return False
+        self.seen[key] = now + ttl
+        return True
+
+    async def usage(self, prefix: str) -> dict[str, dict[str, float]]:
+        return {
+            key: dict(zip(Usage.FIELDS, row, strict=True))
+            for key, row in self.rows.items()
+            if key.startswith(prefix)
+        }
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,152 @@
+"""The embedded default: state in memory (exact, fast), written behind to a SQLite file
+so spend and rate state survive a restart without any server.
+
+Writes are batched off the request path: every `flush_interval` the rows changed since
+the last flush are upserted in one transaction on a worker thread, and once more on
+close. A crash (not a SIGTERM) loses at most the last interval. One process owns the
+file; for state shared between sidecars use Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from sidecar.stores.memory import MemoryState
+from sidecar.stores.state import Hold, StoreUnavailable, Usage
+
+log = logging.getLogger("sidecar.state")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_rows (
+    key TEXT PRIMARY KEY, requests REAL, input_tokens REAL, output_tokens REAL,
+    cached_tokens REAL, cost_usd REAL, saved_usd REAL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires_at REAL);
+"""
+
+
+class SqliteState(MemoryState):
+    def __init__(self, path: Path, flush_interval: float = 1.0) -> None:
+        super().__init__()
+        self.path = path
+        self.flush_interval = flush_interval
+        self._db: sqlite3.Connection | None = None
+        self._dirty_rows: set[str] = set()
+        self._dirty_rates: set[str] = set()
+        self._dirty_seen: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> SqliteState:
+        try:
+            await asyncio.to_thread(self._load)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open state file {self.path}: {exc}") from None
+        self._flusher = asyncio.create_task(self._flush_forever())
+        return self
+
+    def _load(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        now = time.time()
+        for key, *values, expires_at in db.execute(
+            "SELECT * FROM usage_rows WHERE expires_at > ?", (now,)
+        ):
+            self.rows[key] = [float(v) for v in values]
+            self.row_expiry[key] = expires_at
+        for key, tat in db.execute("SELECT key, tat FROM rates WHERE tat > ?", (now,)):
+            self.tats[key] = tat
+        for key, expires_at in db.execute(
+            "SELECT key, expires_at FROM seen WHERE expires_at > ?", (now,)
+        ):
+            self.seen[key] = expires_at
+        self._db = db
+
+    # Every write marks what it touched; the flusher persists it.
+
+    async def take_rate(self, key: str, cost: float, limit: float, window: float) -> float:
+        wait = await super().take_rate(key, cost, limit, window)
+        if not wait:
+            self._dirty_rates.add(key)
+        return wait
+
+    async def adjust_rate(self, key: str, delta: float, limit: float, window: float) -> None:
+        await super().adjust_rate(key, delta, limit, window)
+        self._dirty_rates.add(key)
+
+    async def settle(
+        self, hold: Hold | None, rows: tuple[tuple[str, float], ...], usage: Usage
+    ) -> None:
+        await super().settle(hold, rows, usage)
+        self._dirty_rows.update(key for key, _ in rows)
+
+    async def once(self, key: str, ttl: float) -> bool:
+        first = await super().once(key, ttl)
+        if first:
+            self._dirty_seen.add(key)
+        return first
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except sqlite3.Error as exc:
+                log.error("state: cannot write %s (%s); will retry", self.path, exc)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            rows = [
+                (k, *self.rows[k], self.row_expiry[k]) for k in self._dirty_rows if k in self.rows
+            ]
+            rates = [(k, self.tats[k]) for k in self._dirty_rates if k in self.tats]
+            seen = [(k, self.seen[k]) for k in self._dirty_seen if k in self.seen]
+            self._dirty_rows, self._dirty_rates, self._dirty_seen = set(), set(), set()
+            if rows or rates or seen:
+                try:
+                    await asyncio.to_thread(self._write, rows, rates, seen)
+                except sqlite3.Error:
+                    # Keep them dirty so the next flush tries again.
+                    self._dirty_rows.update(r[0] for r in rows)
+                    self._dirty_rates.update(r[0] for r in rates)
+                    self._dirty_seen.update(r[0] for r in seen)
+                    raise
+
+    def _write(
+        self,
+        rows: list[tuple[object, ...]],
+        rates: list[tuple[str, float]],
+        seen: list[tuple[str, float]],
+    ) -> None:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO usage_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            db.executemany("INSERT OR REPLACE INTO rates VALUES (?, ?)", rates)
+            db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", seen)
+            db.execute("DELETE FROM usage_rows WHERE expires_at <= ?", (time.time(),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+        if self._db is not None:
+            await asyncio.to_thread(self._db.close)
+            self._db = None

@@ -1,0 +1,86 @@
+"""The state seam: what limits, budgets and the usage API need from a store.
+
+Every operation is atomic on its backend: a check and its update happen in one step
+(one event-loop turn in memory, one Lua script on Redis), so concurrent requests can
+never both pass a check that only one of them fits. Implementations: `MemoryState`
+(one process; tests), `SqliteState` (memory plus a durable write-behind file: the
+embedded default) and `RedisState` (shared by every sidecar).
+
+Keys are built by the caller from stable policy names (limit, budget, scope value,
+window), so state survives reloads and means the same thing in every replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The backend could not be reached; `state.on_error` decides what happens."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One request's contribution to every usage row it belongs to."""
+
+    requests: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0  # what a cache hit would have cost
+
+    FIELDS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "saved_usd")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation against one or more budgets: `amount` USD held on each key until
+    settled (or, if its holder dies, until `expires_at`)."""
+
+    id: str
+    keys: tuple[str, ...]
+    amount: float
+    expires_at: float
+
+
+class State(Protocol):
+    async def take_rate(self, key: str, cost: float, limit: float, window: float) -> float:
+        """Spend `cost` units of a `limit`-per-`window` allowance (GCRA). 0 when admitted,
+        else the seconds until it would be; nothing is spent then."""
+        ...
+
+    async def adjust_rate(self, key: str, delta: float, limit: float, window: float) -> None:
+        """Correct an earlier estimate by `delta` units (negative gives back)."""
+        ...
+
+    async def acquire_slot(self, key: str, limit: int, lease: str, ttl: float) -> bool: ...
+
+    async def release_slot(self, key: str, lease: str) -> None: ...
+
+    async def reserve(self, hold: Hold, limits: tuple[float, ...]) -> int:
+        """Hold `hold.amount` on every key if, for each, spent + held + amount <= its
+        limit; -1 when held, else the index of the first key that would go over."""
+        ...
+
+    async def spent(self, key: str) -> tuple[float, float]:
+        """(spent, held) for one budget key."""
+        ...
+
+    async def settle(
+        self, hold: Hold | None, rows: tuple[tuple[str, float], ...], usage: Usage
+    ) -> None:
+        """Release `hold` and add `usage` to each (row key, expires_at) in one step. A budget
+        key is a usage row, so this is also what moves held money to spent."""
+        ...
+
+    async def once(self, key: str, ttl: float) -> bool:
+        """True the first time `key` is seen within `ttl` (warnings sent once per window)."""
+        ...
+
+    async def usage(self, prefix: str) -> dict[str, dict[str, float]]:
+        """Usage rows whose key starts with `prefix`, by key."""
+        ...
+
+    async def close(self) -> None: ...
