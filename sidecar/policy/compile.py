@@ -72,7 +72,8 @@ def compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
     try:
         return _compile_sources(files, env)
     except PolicyInvalid as exc:
-        raise PolicyInvalid(_hide_env_values(exc.problems, files, env)) from None
+        problems = sorted(exc.problems, key=lambda p: (p.file, p.line))  # stable: reading order
+        raise PolicyInvalid(_hide_env_values(problems, files, env)) from None
 
 
 def _hide_env_values(
@@ -80,10 +81,11 @@ def _hide_env_values(
 ) -> list[Problem]:
     """A problem may quote a value that came from `${NAME}` (a key put in `base_url` by
     mistake): it shows the reference instead, so no environment value reaches a log,
-    /status or `check`'s output. Values under 4 characters cannot be secrets worth hiding."""
+    /status or `check`'s output. Values under 8 characters are left alone: they are
+    settings (`MODE=openai`), replacing them would garble messages, and keys are longer."""
     names = {m.group(1).decode() for f in files for m in _ENV_NAME.finditer(f.text)}
     values = sorted(
-        ((env[n], n) for n in names if len(env.get(n) or "") >= 4), key=lambda v: -len(v[0])
+        ((env[n], n) for n in names if len(env.get(n) or "") >= 8), key=lambda v: -len(v[0])
     )
     if not values:
         return problems

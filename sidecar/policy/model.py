@@ -38,7 +38,7 @@ class ProviderConfig:
     base_url: str
     api_key: Secret = field(default_factory=lambda: Secret(""))
     timeout: float = 60.0
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold keys
     max_connections: int = 256
     anthropic_version: str = "2023-06-01"
     max_tokens: int = 4096  # Anthropic requires max_tokens: used when the request has none

@@ -171,6 +171,7 @@ BUDGET: dict[str, Any] = {
 def _named(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "dict",
+        "nullable": True,  # a section whose entries are all commented out
         "keysrules": {"type": "string", "regex": r"[A-Za-z0-9][A-Za-z0-9._:/@-]*"},
         "valuesrules": {"type": "dict", "schema": entry},
     }

@@ -24,6 +24,7 @@ from sidecar.policy.problems import Problem
 
 Path_ = tuple[str | int, ...]
 
+_MAX_NODES = 100_000
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -117,13 +118,21 @@ class _NodeReader:
         self.env = env
         self.problems = problems
         self.scalars = SafeConstructor()
-        self.reading: set[int] = set()  # collections being read: an alias to one loops
+        self.reading: set[int] = set()
+        self.nodes = 0  # collections being read: an alias to one loops
 
     def value(self, node: Node, path: Path_) -> Any:
         if not isinstance(node, MappingNode | SequenceNode):
             return self._value(node, path)
         if id(node) in self.reading:  # `a: &x {b: *x}`: a problem, not a RecursionError
             self._problem(self.doc.line_of(path), "a YAML alias refers to a node containing it")
+            return None
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:  # aliases of aliases can expand a small file enormously
+            if self.nodes == _MAX_NODES + 1:
+                self._problem(
+                    self.doc.line_of(path), f"more than {_MAX_NODES} values (alias bomb?)"
+                )
             return None
         self.reading.add(id(node))
         try:
