@@ -22,7 +22,8 @@ from aiohttp import web
 from sidecar.api import anthropic as anthropic_api
 from sidecar.api import openai as openai_api
 from sidecar.api import ops
-from sidecar.api.keys import HOLDER, LIFECYCLE
+from sidecar.api import usage as usage_api
+from sidecar.api.keys import HOLDER, LIFECYCLE, USAGE_TOKEN
 from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
 
@@ -39,6 +40,7 @@ class Settings:
     drain_timeout: float = 30.0
     max_body: int = 32 * 1024 * 1024  # images in requests are far above aiohttp's 1 MiB
     state_dir: Path = Path(".")  # where a sqlite state file with a relative path lives
+    usage_token: str = ""  # bearer token for /usage on the ops port; "" leaves it open
     watch: bool = True
 
 
@@ -54,13 +56,15 @@ def proxy_app(holder: PolicyHolder, lifecycle: dict[str, Any], max_body: int) ->
     return app
 
 
-def ops_app(holder: PolicyHolder, lifecycle: dict[str, Any]) -> web.Application:
+def ops_app(holder: PolicyHolder, lifecycle: dict[str, Any], usage_token: str) -> web.Application:
     app = web.Application()
     app[HOLDER] = holder
+    app[USAGE_TOKEN] = usage_token
     app[LIFECYCLE] = lifecycle
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/status", ops.status)
+    app.router.add_get("/usage", usage_api.usage)
     return app
 
 
@@ -94,7 +98,7 @@ class Sidecar:
         await self.holder.reload()
         for app, host, port, timeout in (
             (proxy_app(self.holder, self.lifecycle, s.max_body), s.host, s.port, s.drain_timeout),
-            (ops_app(self.holder, self.lifecycle), s.ops_host, s.ops_port, 1.0),
+            (ops_app(self.holder, self.lifecycle, s.usage_token), s.ops_host, s.ops_port, 1.0),
         ):
             runner = web.AppRunner(
                 app, access_log=None, handler_cancellation=True, shutdown_timeout=timeout

@@ -52,6 +52,19 @@ def parser() -> argparse.ArgumentParser:
         "check", help="validate a policy folder (exit 1 with FILE:LINE: problems)"
     )
     check.add_argument("folder", type=Path)
+
+    usage = sub.add_parser("usage", help="spend and tokens per scope, from a running sidecar")
+    usage.add_argument("--scope", default="team", help="global|user|team|route|model|key")
+    usage.add_argument("--window", default="day", help="hour|day|week|month|total")
+    usage.add_argument("--bucket", help="a past window, e.g. 2026-11-25 (default: the current)")
+    usage.add_argument(
+        "--ops",
+        default=os.environ.get(
+            "SIDECAR_OPS_URL", f"http://127.0.0.1:{_env_int('SIDECAR_OPS_PORT', 8481)}"
+        ),
+        help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
+    )
+    usage.add_argument("--json", action="store_true", help="print the JSON as served")
     return p
 
 
@@ -59,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "check":
         return check(args.folder)
+    if args.command == "usage":
+        from sidecar.usage_table import show
+
+        return show(args.ops, args.scope, args.window, args.bucket, args.json)
     return serve(args)
 
 
@@ -95,6 +112,7 @@ def serve(args: argparse.Namespace) -> int:
         ops_port=args.ops_port,
         drain_timeout=args.drain_timeout,
         state_dir=args.state_dir,
+        usage_token=os.environ.get("SIDECAR_USAGE_TOKEN", ""),
     )
     try:
         import uvloop  # roughly doubles requests per second on one core

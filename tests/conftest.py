@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.anthropic_upstream import FakeAnthropic
+from tests.support.redis import RedisServer
 from tests.support.upstream import FakeOpenAI
 
 
@@ -20,3 +22,10 @@ async def upstream_anthropic() -> AsyncIterator[FakeAnthropic]:
     fake = await FakeAnthropic().start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

@@ -10,3 +10,4 @@ from sidecar.policy.holder import PolicyHolder
 
 HOLDER = web.AppKey("holder", PolicyHolder)
 LIFECYCLE = web.AppKey("lifecycle", dict[str, Any])  # {"draining": bool}
+USAGE_TOKEN = web.AppKey("usage_token", str)  # "" when the usage API is open

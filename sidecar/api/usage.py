@@ -1,0 +1,71 @@
+"""`GET /usage` on the ops port: spend and tokens per scope value, and budget headroom.
+
+The ops port listens on the pod IP for the kubelet, so this endpoint asks for a bearer
+token when `SIDECAR_USAGE_TOKEN` is set (and should be, anywhere but a laptop).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.api.keys import HOLDER, USAGE_TOKEN
+from sidecar.api.proxy import JSON
+from sidecar.policy.schema import USAGE_SCOPES
+from sidecar.stores import keys
+from sidecar.stores.state import StoreUnavailable
+
+
+def _error(status: int, message: str) -> web.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": status}}
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
+
+
+async def usage(request: web.Request) -> web.Response:
+    token = request.app[USAGE_TOKEN]
+    if token:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "a bearer token is required (SIDECAR_USAGE_TOKEN)")
+    snapshot = request.app[HOLDER].current
+    if snapshot is None:
+        return _error(503, "no valid policy is loaded yet")
+    scope = request.query.get("scope", "team")
+    window = request.query.get("window", "day")
+    if scope not in USAGE_SCOPES:
+        return _error(400, f"scope must be one of {', '.join(USAGE_SCOPES)}")
+    if window not in keys.WINDOWS:
+        return _error(400, f"window must be one of {', '.join(keys.WINDOWS)}")
+    now = time.time()
+    bucket, _ = keys.bucket(window, now)
+    bucket = request.query.get("bucket", bucket)
+    prefix = f"u:{window}:{bucket}:{scope}:"
+    try:
+        rows = await snapshot.state.usage(prefix)
+    except StoreUnavailable as exc:
+        return _error(503, f"state store unavailable ({exc})")
+    budgets = [
+        b for b in snapshot.policy.budgets.values() if b.scope == scope and b.window == window
+    ]
+    out: list[dict[str, Any]] = []
+    for key, row in sorted(rows.items(), key=lambda kv: -kv[1].get("cost_usd", 0.0)):
+        value = key[len(prefix) :]
+        entry: dict[str, Any] = {"value": value, **row}
+        applicable = [b for b in budgets if b.values is None or value in b.values]
+        if applicable:
+            entry["budgets"] = [
+                {
+                    "name": b.name,
+                    "limit_usd": b.limit_usd,
+                    "remaining_usd": max(0.0, b.limit_usd - row.get("cost_usd", 0.0)),
+                    "on_exceed": b.on_exceed,
+                }
+                for b in applicable
+            ]
+        out.append(entry)
+    body = {"scope": scope, "window": window, "bucket": bucket, "rows": out}
+    return web.Response(body=orjson.dumps(body), content_type=JSON)
