@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from sidecar.api import usage as usage_api
 from sidecar.api.keys import HOLDER, LIFECYCLE, USAGE_TOKEN
 from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
+from sidecar.telemetry.recorder import Telemetry
 
 log = logging.getLogger("sidecar")
 
@@ -65,6 +67,7 @@ def ops_app(holder: PolicyHolder, lifecycle: dict[str, Any], usage_token: str) -
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/status", ops.status)
     app.router.add_get("/usage", usage_api.usage)
+    app.router.add_get("/stats", ops.stats)
     return app
 
 
@@ -78,7 +81,8 @@ def _listen(host: str, port: int) -> socket.socket:
 class Sidecar:
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.holder = PolicyHolder(settings.policies, env, settings.state_dir)
+        self.telemetry = Telemetry(os.environ if env is None else env)
+        self.holder = PolicyHolder(settings.policies, env, settings.state_dir, self.telemetry)
         self.lifecycle: dict[str, Any] = {"draining": False}
         self._runners: list[web.AppRunner] = []
         self._sockets: list[socket.socket] = []
@@ -128,6 +132,7 @@ class Sidecar:
         if self._watcher is not None:
             await self._watcher
         await self.holder.close()
+        await asyncio.to_thread(self.telemetry.shutdown)  # flushes spans and metrics
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
+from opentelemetry.trace import Span
 
 from sidecar.api.keys import HOLDER
 from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Reply
+from sidecar.telemetry.recorder import OPERATION
+from sidecar.telemetry.request import observe, trace_id
 
 log = logging.getLogger("sidecar.api")
 
@@ -71,21 +75,36 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
     ctx = RequestContext(
         operation, body, request.headers, snapshot, stream=stream, client_body=client_body
     )
-    try:
+    name = f"{OPERATION.get(operation, operation)} {body.get('model')}"
+    with snapshot.telemetry.server_span(request.headers, name) as span:
+        status, error = 500, "internal"
         try:
-            reply = await run(ctx)
-        except SidecarError as exc:
-            return error_response(dialect, exc, ctx.response_headers())
-        if reply.events is None:
-            return web.Response(
-                body=dialect.answer(reply.body),
-                status=reply.status,
-                headers=ctx.response_headers(),
-                content_type=JSON,
-            )
-        return await _relay(request, reply, ctx, ctx.response_headers(), dialect)
-    finally:
-        await finish(ctx)
+            try:
+                reply = await run(ctx)
+            except SidecarError as exc:
+                status, error = exc.status, exc.code
+                return error_response(dialect, exc, _headers(ctx, span))
+            status, error = reply.status, None
+            if reply.events is None:
+                return web.Response(
+                    body=dialect.answer(reply.body),
+                    status=reply.status,
+                    headers=_headers(ctx, span),
+                    content_type=JSON,
+                )
+            response, error = await _relay(request, reply, ctx, _headers(ctx, span), dialect)
+            return response
+        finally:
+            await finish(ctx)
+            observe(ctx, span, status, error)
+
+
+def _headers(ctx: RequestContext, span: Span | None) -> dict[str, str]:
+    headers = ctx.response_headers()
+    trace = trace_id(span)
+    if trace is not None:
+        headers["x-sidecar-trace-id"] = trace
+    return headers
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -112,9 +131,10 @@ async def _relay(
     ctx: RequestContext,
     headers: dict[str, str],
     dialect: Dialect,
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, str | None]:
     """Pass events on as they arrive. A stream that breaks ends with an error event, never
-    silently: the SDKs raise it, so a cut answer is never taken for a complete one."""
+    silently: the SDKs raise it, so a cut answer is never taken for a complete one.
+    Returns the response and, when the stream broke, the error class."""
     assert reply.events is not None
     response = web.StreamResponse(
         headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -125,6 +145,8 @@ async def _relay(
     try:
         async for event in dialect.events(reply.events):
             await response.write(event)
+            if ctx.first_chunk_at is None:
+                ctx.first_chunk_at = time.monotonic()
             if event.startswith(dialect.complete):
                 complete = True
     except UpstreamError as exc:
@@ -137,7 +159,7 @@ async def _relay(
         log.warning("route %s: stream cut after it started", ctx.route.name if ctx.route else "?")
         await response.write(failure)
     await response.write_eof()
-    return response
+    return response, None if failure is None else "stream_broken"
 
 
 def _cut(ctx: RequestContext, why: str) -> str:

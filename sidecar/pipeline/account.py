@@ -42,12 +42,20 @@ def meter(ctx: RequestContext, reply: Reply) -> Reply:
     except orjson.JSONDecodeError:
         answer = {}
     usage = answer.get("usage") if isinstance(answer, dict) else None
+    ctx.finish_reasons = _finish_reasons(answer)
     if isinstance(usage, dict) and usage:
         _take_usage(ctx, usage)
     else:
         _estimate(ctx, _answer_text(answer))
     _price(ctx)
     return reply
+
+
+def _finish_reasons(answer: Any) -> list[str]:
+    try:
+        return [str(c["finish_reason"]) for c in answer["choices"] if c.get("finish_reason")]
+    except (KeyError, TypeError, AttributeError):
+        return []
 
 
 def _take_usage(ctx: RequestContext, usage: dict[str, Any]) -> None:
@@ -93,6 +101,8 @@ async def _metered(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIt
                         continue  # the sidecar asked for it, not the client
             elif event.startswith(b"data: {"):
                 chunks += 1
+                if b'"finish_reason":"' in event:
+                    ctx.finish_reasons += _finish_reasons(orjson.loads(event[6:]))
             yield event
     finally:
         if not ctx.usage_known:

@@ -66,6 +66,12 @@ async def admit(ctx: RequestContext) -> None:
                 f"state store unavailable ({exc}); refusing (on_error: closed)"
             ) from None
         log.error("state store unavailable (%s); admitting anyway (on_error: open)", exc)
+    except (RateLimited, BudgetExceeded) as exc:
+        ctx.snapshot.telemetry.rejections.add(
+            1, {"sidecar.route": route.name, "error.type": exc.code}
+        )
+        await release(ctx)
+        raise
     except BaseException:
         await release(ctx)
         raise
@@ -87,7 +93,11 @@ async def _pass_limit(ctx: RequestContext, limit: Limit, value: str) -> None:
             code="queue_full",
         )
     ticket = line.join(ctx.priority)
-    deadline = time.monotonic() + limit.queue_max_wait
+    joined = time.monotonic()
+    deadline = joined + limit.queue_max_wait
+    telemetry = ctx.snapshot.telemetry
+    span_cm = telemetry.span("admission wait", **{"sidecar.limit": limit.name})
+    span_cm.__enter__()
     try:
         while True:
             wait = None
@@ -108,6 +118,8 @@ async def _pass_limit(ctx: RequestContext, limit: Limit, value: str) -> None:
                 pass
     finally:
         line.leave(ticket)
+        telemetry.queue_wait.record(time.monotonic() - joined, {"sidecar.limit": limit.name})
+        span_cm.__exit__(None, None, None)
 
 
 async def _take(ctx: RequestContext, limit: Limit, name: str) -> float | None:
@@ -157,6 +169,7 @@ async def _give_back(ctx: RequestContext, taken: list[tuple[str, str, float, flo
 
 
 def _limited(limit: Limit, value: str, wait: float | None) -> RateLimited:
+    """The refusal; counted once here, whatever path led to it."""
     return RateLimited(
         f"limit '{limit.name}' for {limit.scope} '{value}' is reached", retry_after=wait or 1.0
     )
@@ -177,6 +190,9 @@ async def _check_budgets(ctx: RequestContext, budgets: tuple[Budget, ...]) -> No
         spent, held = await state.spent(key)
         if spent + held < budget.limit_usd:
             continue
+        ctx.snapshot.telemetry.budget_events.add(
+            1, {"sidecar.budget": budget.name, "event": budget.on_exceed}
+        )
         if budget.on_exceed == "downgrade" and budget.downgrade_to is not None:
             ctx.downgraded_by = budget.name
             ctx.targets = (

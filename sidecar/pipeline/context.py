@@ -41,6 +41,8 @@ class RequestContext:
     cached_tokens: int = 0
     usage_known: bool = False  # the provider reported usage (else: estimated)
     cost_usd: float | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    first_chunk_at: float | None = None  # streams: when the first event went to the client
     # dispatch
     attempts: int = 0
     answered_by: Model | None = None

@@ -21,6 +21,8 @@ import random
 import time
 from collections.abc import AsyncIterator
 
+from opentelemetry.trace import SpanKind
+
 from sidecar.errors import (
     BREAKER_KINDS,
     CIRCUIT_OPEN,
@@ -34,7 +36,8 @@ from sidecar.errors import (
 )
 from sidecar.pipeline.context import RequestContext
 from sidecar.policy.model import Target
-from sidecar.providers.base import Call, Reply
+from sidecar.providers.base import Call, Provider, Reply
+from sidecar.telemetry.recorder import OPERATION, fail
 
 log = logging.getLogger("sidecar.dispatch")
 
@@ -80,25 +83,12 @@ async def _try_target(ctx: RequestContext, target: Target) -> Reply:
             raise _TargetFailed
         budget = min(left, first_wait or config.timeout)
         ctx.attempts += 1
-        reply: Reply | None = None
         failed: bool | None = None
         try:
-            async with asyncio.timeout(budget):
-                reply = await provider.send(
-                    Call(ctx.operation, ctx.body, model.upstream, ctx.stream)
-                )
-                if reply.events is not None:
-                    await _first_event(reply)
+            reply = await _attempt(ctx, target, provider, budget, config.type)
             failed = False
             return reply
-        except (UpstreamError, TimeoutError) as exc:
-            if reply is not None:
-                await reply.aclose()
-            error = (
-                exc
-                if isinstance(exc, UpstreamError)
-                else UpstreamError(TIMEOUT, f"no answer within {budget:.3g}s")
-            )
+        except UpstreamError as error:
             if error.kind == CLIENT:
                 failed = False  # the provider is fine; the request is not
                 raise UpstreamRejected(
@@ -120,6 +110,49 @@ async def _try_target(ctx: RequestContext, target: Target) -> Reply:
             if breaker is not None:
                 breaker.record(circuit, failed, time.monotonic())  # type: ignore[arg-type]
     raise _TargetFailed
+
+
+async def _attempt(
+    ctx: RequestContext, target: Target, provider: Provider, budget: float, wire: str
+) -> Reply:
+    """One upstream call, in its own client span; every failure as an UpstreamError."""
+    model = target.model
+    telemetry = ctx.snapshot.telemetry
+    with telemetry.span(
+        f"{OPERATION.get(ctx.operation, ctx.operation)} {model.upstream}",
+        SpanKind.CLIENT,
+        **{
+            "gen_ai.operation.name": OPERATION.get(ctx.operation, ctx.operation),
+            "gen_ai.provider.name": wire,
+            "gen_ai.request.model": model.upstream,
+            "sidecar.provider": model.provider,
+            "sidecar.model": model.name,
+            "sidecar.attempt": ctx.attempts,
+        },
+    ) as span:
+        reply: Reply | None = None
+        try:
+            async with asyncio.timeout(budget):
+                reply = await provider.send(
+                    Call(ctx.operation, ctx.body, model.upstream, ctx.stream)
+                )
+                if reply.events is not None:
+                    await _first_event(reply)
+        except (UpstreamError, TimeoutError) as exc:
+            if reply is not None:
+                await reply.aclose()
+            error = (
+                exc
+                if isinstance(exc, UpstreamError)
+                else UpstreamError(TIMEOUT, f"no answer within {budget:.3g}s")
+            )
+            fail(span, error.kind)
+            if error.status is not None and span is not None:
+                span.set_attribute("http.response.status_code", error.status)
+            telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": error.kind})
+            raise error from None
+        telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": "ok"})
+        return reply
 
 
 def _fail(ctx: RequestContext, target: Target, error: UpstreamError) -> None:

@@ -34,6 +34,7 @@ from sidecar.policy.model import (
     RouteSet,
     StateConfig,
     Target,
+    TelemetryConfig,
 )
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.schema import SECTIONS, SINGLE_SECTIONS, structure_errors
@@ -183,6 +184,7 @@ class _Compiler:
             by_model,
             public,
             state=self.state(),
+            telemetry=self.telemetry(),
             limits=limits,
             budgets=budgets,
             admission=admission,
@@ -200,6 +202,16 @@ class _Compiler:
             url=b.get("url"),
             on_error=b.get("on_error", "open"),
             flush_interval=_seconds(b.get("flush_interval"), 1.0),
+        )
+
+    def telemetry(self) -> TelemetryConfig:
+        entry = self.sections["telemetry"].get("telemetry")
+        b = entry.body if entry else {}
+        return TelemetryConfig(
+            capture_content=b.get("capture_content", False),
+            identity_in_spans=b.get("identity_in_spans", True),
+            user_attribute=b.get("user_attribute", False),
+            max_users=b.get("max_users", 100),
         )
 
     def limit(self, e: _Entry) -> Limit:

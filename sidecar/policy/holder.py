@@ -26,6 +26,7 @@ from sidecar.providers.pool import ProviderPool
 from sidecar.stores import Stores
 from sidecar.stores.backends import open_state
 from sidecar.stores.state import State, StoreUnavailable
+from sidecar.telemetry.recorder import Telemetry
 
 log = logging.getLogger("sidecar.policy")
 
@@ -37,6 +38,7 @@ class Snapshot:
     loaded_at: float
     stores: Stores
     state: State
+    telemetry: Telemetry
 
     @property
     def version(self) -> str:
@@ -55,15 +57,21 @@ class ReloadStatus:
 
 class PolicyHolder:
     def __init__(
-        self, folder: Path, env: Mapping[str, str] | None = None, state_dir: Path = Path(".")
+        self,
+        folder: Path,
+        env: Mapping[str, str] | None = None,
+        state_dir: Path = Path("."),
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.folder = folder
+        self.telemetry = telemetry or Telemetry({})
         self.state_dir = state_dir
         self.env = env if env is not None else os.environ
         self.current: Snapshot | None = None
         self.last = ReloadStatus()
         self.pool = ProviderPool()
         self.stores = Stores()
+        self.telemetry.watch_circuits(self.stores.breakers)
         self._state: tuple[StateConfig, State] | None = None
         self._old_states: list[State] = []
         self._tried: str | None = None
@@ -92,7 +100,12 @@ class PolicyHolder:
                 self._failed(version, [Problem("state", 0, str(exc))])
                 return False
             snapshot = Snapshot(
-                policy, self.pool.materialize(policy.providers), time.time(), self.stores, state
+                policy,
+                self.pool.materialize(policy.providers),
+                time.time(),
+                self.stores,
+                state,
+                self.telemetry,
             )
             previous = self.current
             self.current = snapshot

@@ -169,6 +169,14 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    capture_content: bool = False  # prompts and answers on spans: off, they may be personal
+    identity_in_spans: bool = True  # user and team as span attributes
+    user_attribute: bool = False  # user as a metric attribute (bounded by max_users)
+    max_users: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: str
     files: tuple[str, ...]
@@ -181,3 +189,4 @@ class Policy:
     limits: Mapping[str, Limit] = field(default_factory=dict)
     budgets: Mapping[str, Budget] = field(default_factory=dict)
     admission: Mapping[str, Admission] = field(default_factory=dict)  # by route name
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)

@@ -168,6 +168,14 @@ BUDGET: dict[str, Any] = {
 }
 
 
+TELEMETRY: dict[str, Any] = {
+    "capture_content": {"type": "boolean"},
+    "identity_in_spans": {"type": "boolean"},
+    "user_attribute": {"type": "boolean"},
+    "max_users": {"type": "integer", "min": 1, "max": 10000},
+}
+
+
 def _named(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "dict",
@@ -184,11 +192,12 @@ POLICY_FILE: dict[str, Any] = {
     "limits": _named(LIMIT),
     "budgets": _named(BUDGET),
     "state": {"type": "dict", "schema": STATE},
+    "telemetry": {"type": "dict", "schema": TELEMETRY},
 }
 
 # Named sections merge across files by entry name; the others may appear in one file only.
 SECTIONS = ("providers", "models", "routes", "limits", "budgets")
-SINGLE_SECTIONS = ("state",)
+SINGLE_SECTIONS = ("state", "telemetry")
 
 
 class _Validator(cerberus.Validator):  # type: ignore[misc]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
@@ -143,6 +144,9 @@ class HttpProvider:
         self._leases = Leases(config.max_concurrency, config.concurrency_wait)
         secret = config.api_key.reveal().encode()
         self._secret = secret
+        self._key_prefix = (
+            re.compile(re.escape(secret[:8]) + rb"[^\s\"',]*") if len(secret) >= 12 else None
+        )
 
     # -- what a wire format defines ------------------------------------------------------
 
@@ -174,7 +178,14 @@ class HttpProvider:
         self._leases.idle = callback
 
     def redact(self, body: bytes) -> bytes:
-        return body.replace(self._secret, b"[redacted]") if self._secret else body
+        """The key, and any token starting with its first 8 characters (providers echo keys
+        masked in the middle: `sk-proj-abc****xyz1`), replaced."""
+        if not self._secret:
+            return body
+        body = body.replace(self._secret, b"[redacted]")
+        if self._key_prefix is not None:
+            body = self._key_prefix.sub(b"[redacted]", body)
+        return body
 
     async def send(self, call: Call) -> Reply:
         url = self._urls.get(call.operation)

@@ -153,14 +153,17 @@ class RedisState:
         return int(await self._call(lambda: self._reserve(keys=keys, args=args)))
 
     async def spent(self, key: str) -> tuple[float, float]:
-        async def read() -> tuple[Any, Any]:
+        async def read() -> tuple[Any, Any, Any]:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hget(self._k(key), "cost_usd")
             pipe.hgetall(self._k(_holds(key)))
+            pipe.time()
             return tuple(await pipe.execute())  # type: ignore[return-value]
 
-        spent, holds = await self._call(read)
-        held = sum(float(v.split("|")[0]) for v in (holds or {}).values())
+        spent, holds, (secs, micros) = await self._call(read)
+        now = secs + micros / 1e6  # Redis's clock, as the scripts use: expired holds don't count
+        amounts = (v.split("|") for v in (holds or {}).values())
+        held = sum(float(amount) for amount, expires in amounts if float(expires) > now)
         return float(spent or 0.0), held
 
     async def settle(

@@ -1,0 +1,150 @@
+"""The tracer and the instruments the pipeline reports through, and the per-request
+record written when a request ends. Attribute names follow the OpenTelemetry GenAI
+semantic conventions (`gen_ai.*`); ours are `sidecar.*`. Keys never appear: spans and
+metrics are built from policy names, token counts and error classes only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from sidecar.telemetry.setup import build
+
+OPERATION = {"chat": "chat", "embeddings": "embeddings"}
+PROVIDER_NAME = {"openai": "openai", "anthropic": "anthropic", "mock": "mock"}
+_CIRCUIT_VALUE = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class Telemetry:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._tracer_provider, self._meter_provider, self.reader = build(env)
+        self.tracing = self._tracer_provider is not None
+        self.tracer = (
+            self._tracer_provider.get_tracer("llm-sidecar")
+            if self._tracer_provider is not None
+            else trace.NoOpTracer()
+        )
+        meter = self._meter_provider.get_meter("llm-sidecar")
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per request"
+        )
+        self.ttft = meter.create_histogram(
+            "gen_ai.server.time_to_first_token",
+            unit="s",
+            description="Time to the first streamed chunk",
+        )
+        self.requests = meter.create_counter("sidecar.requests", unit="{request}")
+        self.attempts = meter.create_counter("sidecar.upstream.attempts", unit="{attempt}")
+        self.retries = meter.create_counter("sidecar.retries", unit="{retry}")
+        self.fallbacks = meter.create_counter("sidecar.fallbacks", unit="{fallback}")
+        self.cost = meter.create_counter("sidecar.cost", unit="USD")
+        self.rejections = meter.create_counter("sidecar.ratelimit.rejections", unit="{request}")
+        self.queue_wait = meter.create_histogram("sidecar.queue.wait", unit="s")
+        self.budget_events = meter.create_counter("sidecar.budget.events", unit="{event}")
+        self.cache = meter.create_counter("sidecar.cache.lookups", unit="{lookup}")
+        self.saved = meter.create_counter("sidecar.cache.saved", unit="USD")
+        self.outputs = meter.create_counter("sidecar.output.validations", unit="{output}")
+        self._circuits: Any = None
+        meter.create_observable_gauge(
+            "sidecar.circuit.state",
+            callbacks=[self._observe_circuits],
+            description="0 closed, 1 half-open, 2 open",
+        )
+        self._users: set[str] = set()
+
+    def watch_circuits(self, breakers: Any) -> None:
+        self._circuits = breakers
+
+    def _observe_circuits(self, options: CallbackOptions) -> Iterator[Observation]:
+        if self._circuits is None:
+            return
+        for name, info in self._circuits.describe().items():
+            yield Observation(_CIRCUIT_VALUE[info["state"]], {"sidecar.target": name})
+
+    def user_attribute(self, user: str | None, cap: int) -> str:
+        """The user as a metric attribute, with at most `cap` distinct values per process."""
+        if user is None:
+            return "(none)"
+        if user in self._users:
+            return user
+        if len(self._users) < cap:
+            self._users.add(user)
+            return user
+        return "(other)"
+
+    @contextmanager
+    def server_span(self, headers: Mapping[str, str], name: str) -> Iterator[Span | None]:
+        """The request's span, continuing the app's `traceparent` when it sent one."""
+        if not self.tracing:
+            yield None
+            return
+        with self.tracer.start_as_current_span(
+            name,
+            context=extract(headers),
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    @contextmanager
+    def span(
+        self, name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any
+    ) -> Iterator[Span | None]:
+        if not self.tracing:
+            yield None
+            return
+        with self.tracer.start_as_current_span(
+            name,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    def stats(self) -> dict[str, Any]:
+        """The cumulative metrics of this process, as plain JSON (for `llm-sidecar top`)."""
+        data = self.reader.get_metrics_data()
+        out: dict[str, Any] = {"at": time.time(), "metrics": {}}
+        if data is None:
+            return out
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    points = []
+                    for p in metric.data.data_points:
+                        point: dict[str, Any] = {"attributes": dict(p.attributes or {})}
+                        if hasattr(p, "bucket_counts"):
+                            point.update(
+                                count=p.count,
+                                sum=p.sum,
+                                bounds=list(p.explicit_bounds),
+                                buckets=list(p.bucket_counts),
+                            )
+                        else:
+                            point["value"] = p.value
+                        points.append(point)
+                    out["metrics"][metric.name] = {"unit": metric.unit, "points": points}
+        return out
+
+    def shutdown(self) -> None:
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        self._meter_provider.shutdown()
+
+
+def fail(span: Span | None, error_type: str) -> None:
+    if span is not None:
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR))
