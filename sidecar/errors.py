@@ -7,6 +7,7 @@
     ├── RateLimited               429  a limit is full and its queue too (or the wait ran out)
     ├── BudgetExceeded            429  a `reject` budget has no room for this request
     ├── StateUnavailable          503  the state store is down and `on_error: closed`
+    ├── OutputInvalid             422  the answer never matched the route's output schema
     ├── UpstreamRejected          4xx  the provider refused the request itself; its body, redacted
     └── TargetsExhausted          502/504  every target failed; names each attempt, in order
 
@@ -81,6 +82,18 @@ class StateUnavailable(SidecarError):
     status = 503
     type = "server_error"
     code = "state_unavailable"
+
+
+class OutputInvalid(SidecarError):
+    """The answer never matched the route's schema and the policy says `then: error`."""
+
+    status = 422
+    type = "invalid_response_error"
+    code = "output_invalid"
+
+    def __init__(self, message: str, *, errors: list[str]) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 class UpstreamRejected(SidecarError):

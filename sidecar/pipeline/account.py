@@ -18,7 +18,7 @@ from sidecar.policy.model import Price
 from sidecar.providers.base import Reply
 from sidecar.stores import keys
 from sidecar.stores.state import StoreUnavailable, Usage
-from sidecar.tokens import count_text
+from sidecar.tokens import count_text, estimate_request
 
 log = logging.getLogger("sidecar.account")
 
@@ -32,23 +32,48 @@ def cost_usd(price: Price, input_tokens: int, output_tokens: int, cached_tokens:
 
 
 def meter(ctx: RequestContext, reply: Reply) -> Reply:
-    """Read usage off a JSON answer now; wrap a stream so its usage chunk is read as it
-    passes (and dropped, when only the sidecar asked for it)."""
+    """Charge a JSON answer now; wrap a stream so its usage chunk is read as it passes
+    (and dropped, when only the sidecar asked for it)."""
     if reply.events is not None:
         reply.events = _metered(ctx, reply.events)
-        return reply
+    else:
+        charge_answer(ctx, reply.body)
+    return reply
+
+
+def charge_answer(ctx: RequestContext, body: bytes) -> None:
+    """Add one JSON answer's tokens and cost to the request (validation retries call this
+    for each answer they discard, so every answer paid for is accounted)."""
     try:
-        answer = orjson.loads(reply.body)
+        answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         answer = {}
-    usage = answer.get("usage") if isinstance(answer, dict) else None
     ctx.finish_reasons = _finish_reasons(answer)
+    usage = answer.get("usage") if isinstance(answer, dict) else None
     if isinstance(usage, dict) and usage:
-        _take_usage(ctx, usage)
+        _charge_usage(ctx, usage)
     else:
-        _estimate(ctx, _answer_text(answer))
-    _price(ctx)
-    return reply
+        _charge(
+            ctx,
+            ctx.estimate_in or estimate_request(ctx.body),
+            count_text(_answer_text(answer)),
+            0,
+            False,
+        )
+
+
+def charge_events(ctx: RequestContext, events: list[bytes]) -> None:
+    """The same for a buffered stream."""
+    chunks = 0
+    for event in events:
+        if not event.startswith(b"data: {"):
+            continue
+        chunk = orjson.loads(event[6:])
+        if isinstance(chunk.get("usage"), dict):
+            _charge_usage(ctx, chunk["usage"])
+            return
+        chunks += 1
+    _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
 
 
 def _finish_reasons(answer: Any) -> list[str]:
@@ -58,20 +83,30 @@ def _finish_reasons(answer: Any) -> list[str]:
         return []
 
 
-def _take_usage(ctx: RequestContext, usage: dict[str, Any]) -> None:
+def _charge_usage(ctx: RequestContext, usage: dict[str, Any]) -> None:
     details = usage.get("prompt_tokens_details") or {}
-    ctx.input_tokens = int(usage.get("prompt_tokens") or 0)
-    ctx.output_tokens = int(usage.get("completion_tokens") or 0)
-    ctx.cached_tokens = int(details.get("cached_tokens") or 0)
-    ctx.usage_known = True
+    _charge(
+        ctx,
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0),
+        True,
+    )
 
 
-def _estimate(ctx: RequestContext, text: str) -> None:
-    from sidecar.tokens import estimate_request
-
-    ctx.input_tokens = ctx.estimate_in or estimate_request(ctx.body)
-    ctx.output_tokens = count_text(text) if text else 0
-    ctx.usage_known = False
+def _charge(
+    ctx: RequestContext, input_tokens: int, output_tokens: int, cached: int, known: bool
+) -> None:
+    first = ctx.answers == 0
+    ctx.answers += 1
+    ctx.input_tokens += input_tokens
+    ctx.output_tokens += output_tokens
+    ctx.cached_tokens += cached
+    ctx.usage_known = known if first else (ctx.usage_known and known)
+    model = ctx.answered_by
+    if model is not None:
+        cost = cost_usd(model.price, input_tokens, output_tokens, cached)
+        ctx.cost_usd = cost if ctx.cost_usd is None else ctx.cost_usd + cost
 
 
 def _answer_text(answer: Any) -> str:
@@ -81,22 +116,16 @@ def _answer_text(answer: Any) -> str:
         return ""
 
 
-def _price(ctx: RequestContext) -> None:
-    model = ctx.answered_by
-    if model is not None:
-        ctx.cost_usd = cost_usd(model.price, ctx.input_tokens, ctx.output_tokens, ctx.cached_tokens)
-
-
 async def _metered(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     wants_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
     chunks = 0
+    usage: dict[str, Any] | None = None
     try:
         async for event in events:
             if b'"usage"' in event and event.startswith(b"data: {"):
                 chunk = orjson.loads(event[6:])
-                usage = chunk.get("usage")
-                if isinstance(usage, dict):
-                    _take_usage(ctx, usage)
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
                     if not wants_usage and not chunk.get("choices"):
                         continue  # the sidecar asked for it, not the client
             elif event.startswith(b"data: {"):
@@ -105,10 +134,10 @@ async def _metered(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIt
                     ctx.finish_reasons += _finish_reasons(orjson.loads(event[6:]))
             yield event
     finally:
-        if not ctx.usage_known:
-            ctx.input_tokens = ctx.estimate_in
-            ctx.output_tokens = chunks  # a content chunk is about one token
-        _price(ctx)
+        if usage is not None:
+            _charge_usage(ctx, usage)
+        else:
+            _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
 
 
 async def finish(ctx: RequestContext) -> None:

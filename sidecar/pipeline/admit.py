@@ -63,7 +63,7 @@ async def admit(ctx: RequestContext) -> None:
     except StoreUnavailable as exc:
         if ctx.snapshot.policy.state.on_error == "closed":
             raise StateUnavailable(
-                f"state store unavailable ({exc}); refusing (on_error: closed)"
+                f"state store unavailable ({exc}); refusing (on_error: closed)", retry_after=1.0
             ) from None
         log.error("state store unavailable (%s); admitting anyway (on_error: open)", exc)
     except (RateLimited, BudgetExceeded) as exc:

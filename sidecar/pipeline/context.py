@@ -40,8 +40,10 @@ class RequestContext:
     output_tokens: int = 0
     cached_tokens: int = 0
     usage_known: bool = False  # the provider reported usage (else: estimated)
+    answers: int = 0  # answers paid for (validation retries add to the first)
     cost_usd: float | None = None
     finish_reasons: list[str] = field(default_factory=list)
+    output: str | None = None  # validity: valid | repaired | default | invalid
     first_chunk_at: float | None = None  # streams: when the first event went to the client
     # dispatch
     attempts: int = 0
@@ -67,6 +69,8 @@ class RequestContext:
             headers["x-sidecar-cost-usd"] = f"{self.cost_usd:.8f}"
             if not self.usage_known:
                 headers["x-sidecar-usage"] = "estimated"
+        if self.output is not None:
+            headers["x-sidecar-output"] = self.output
         if self.downgraded_by is not None:
             headers["x-sidecar-downgraded"] = self.downgraded_by
         return headers

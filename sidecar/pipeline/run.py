@@ -1,7 +1,8 @@
 """The request pipeline, in order. Read this file to know what happens to a request.
 
     identify caller → match route → admit (limits, queue, budgets) → [cache lookup]
-      → dispatch (retries, fallback, breakers, hedging) → [validate] → meter
+      → dispatch (retries, fallback, breakers, hedging)
+      → validate (schema; refined retries, fallback, default) → meter
     … the answer goes out …
     finish: account (cost, spend, token-rate corrections) and release what admit took
 
@@ -18,6 +19,7 @@ from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.route import route
+from sidecar.pipeline.validate import enforce, validate
 from sidecar.providers.base import Reply
 
 __all__ = ["finish", "run"]
@@ -27,5 +29,7 @@ async def run(ctx: RequestContext) -> Reply:
     identify(ctx)
     route(ctx)
     await admit(ctx)
+    enforce(ctx)
     reply = await dispatch(ctx)
+    reply = await validate(ctx, reply)
     return meter(ctx, reply)

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.model import (
     DEFAULT_STATE_PATH,
@@ -26,6 +30,7 @@ from sidecar.policy.model import (
     Limit,
     MockSettings,
     Model,
+    OutputPolicy,
     Policy,
     Price,
     ProviderConfig,
@@ -166,7 +171,8 @@ class _Compiler:
                     )
                 )
             models[e.name] = self.model(e, providers)
-        routes = {e.name: self.route(e, models) for e in self.sections["routes"].values()}
+        schemas = {e.name: self.schema(e) for e in self.sections["schemas"].values()}
+        routes = {e.name: self.route(e, models, schemas) for e in self.sections["routes"].values()}
         by_model = self.route_sets(routes, models)
         public = tuple(dict.fromkeys([*(r.model for r in routes.values()), *models]))
         limits = {e.name: self.limit(e) for e in self.sections["limits"].values()}
@@ -327,7 +333,65 @@ class _Compiler:
             ),
         )
 
-    def route(self, e: _Entry, models: dict[str, Model]) -> Route:
+    def schema(self, e: _Entry) -> Any:
+        """A compiled validator, or None after reporting where the schema is wrong."""
+        try:
+            Draft202012Validator.check_schema(e.body)
+        except SchemaError as exc:
+            self.problems.append(
+                e.problem(f"schema '{e.name}' is not valid JSON Schema: {exc.message}", *exc.path)
+            )
+            return None
+        return Draft202012Validator(e.body, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+    def output(self, e: _Entry, schemas: dict[str, Any]) -> OutputPolicy | None:
+        b = e.body.get("output")
+        if b is None:
+            return None
+        name = b["schema"]
+        validator = None
+        if name != "from_request":
+            if name not in self.sections["schemas"]:
+                self.problems.append(
+                    e.problem(
+                        f"route '{e.name}' validates with schema '{name}', which is not defined "
+                        f"(schemas: {_names(self.sections['schemas'])}, or from_request)",
+                        "output",
+                        "schema",
+                    )
+                )
+            validator = schemas.get(name)
+        invalid = b.get("on_invalid") or {}
+        then = invalid.get("then", "error")
+        default = b.get("default")
+        if then == "default" and default is None:
+            self.problems.append(e.problem("output: then default needs a `default`", "output"))
+        if default is not None and validator is not None:
+            errors = sorted(validator.iter_errors(default), key=lambda x: list(x.path))
+            if errors:
+                self.problems.append(
+                    e.problem(
+                        f"output.default does not match schema '{name}': {errors[0].message}",
+                        "output",
+                        "default",
+                    )
+                )
+        return OutputPolicy(
+            schema_name=name,
+            schema=self.sections["schemas"][name].body
+            if name in self.sections["schemas"]
+            else None,
+            validator=validator,
+            lenient=b.get("extract", "strict") == "lenient",
+            retries=invalid.get("retries", 1),
+            retry_next=invalid.get("retry_target", "same") == "next",
+            then=then,
+            default=orjson.dumps(default).decode() if default is not None else None,
+            native=b.get("enforce", "none") == "native",
+            stream_validate=b.get("stream_mode", "validate") == "validate",
+        )
+
+    def route(self, e: _Entry, models: dict[str, Model], schemas: dict[str, Any]) -> Route:
         b = e.body
         route_retry = _retry(b.get("retry"), Retry())
         targets = []
@@ -361,6 +425,7 @@ class _Compiler:
             timeout=_seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
             first_token_timeout=parse_duration(first_token) if first_token else None,
             hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
+            output=self.output(e, schemas),
         )
 
     def route_sets(self, routes: dict[str, Route], models: dict[str, Model]) -> dict[str, RouteSet]:

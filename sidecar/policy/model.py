@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sidecar.policy.secret import Secret
 
@@ -99,6 +100,23 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputPolicy:
+    """How a route's answers are checked. `validator` is compiled at reload; None means
+    `from_request` (the client's own schema, compiled per schema text and cached)."""
+
+    schema_name: str
+    schema: Mapping[str, Any] | None = field(repr=False)
+    validator: Any = field(repr=False, compare=False)
+    lenient: bool = False  # find the JSON inside fences or prose
+    retries: int = 1
+    retry_next: bool = False  # refined retries go to the next target instead of the same
+    then: str = "error"  # fallback | default | error
+    default: str | None = None  # the default object, as JSON text
+    native: bool = False  # ask the provider for structured output itself
+    stream_validate: bool = True  # buffer streams and validate before release
+
+
+@dataclass(frozen=True, slots=True)
 class Hedge:
     after: float  # start the next target if no first token by then
     max: int = 1  # extra targets raced at most
@@ -113,6 +131,7 @@ class Route:
     timeout: float
     first_token_timeout: float | None = None  # streams: the wait for the first event
     hedge: Hedge | None = None
+    output: OutputPolicy | None = None
     implicit: bool = False  # a model addressed directly, with no route of its own
 
 

@@ -107,6 +107,26 @@ TARGET: dict[str, Any] = {
     ]
 }
 
+OUTPUT: dict[str, Any] = {
+    "schema": {
+        "type": "string",
+        "required": True,
+        "empty": False,
+    },  # a `schemas` name, or from_request
+    "extract": {"type": "string", "allowed": ["strict", "lenient"]},
+    "on_invalid": {
+        "type": "dict",
+        "schema": {
+            "retries": {"type": "integer", "min": 0, "max": 5},
+            "retry_target": {"type": "string", "allowed": ["same", "next"]},
+            "then": {"type": "string", "allowed": ["fallback", "default", "error"]},
+        },
+    },
+    "default": {"type": ["dict", "list", "string", "number", "boolean"]},
+    "enforce": {"type": "string", "allowed": ["native", "none"]},
+    "stream_mode": {"type": "string", "allowed": ["validate", "passthrough"]},
+}
+
 HEDGE: dict[str, Any] = {
     "after": {**DURATION, "required": True},
     "max": {"type": "integer", "min": 1, "max": 4},
@@ -124,6 +144,7 @@ ROUTE: dict[str, Any] = {
     "timeout": DURATION,
     "first_token_timeout": DURATION,
     "hedge": {"type": "dict", "schema": HEDGE},
+    "output": {"type": "dict", "schema": OUTPUT},
 }
 
 
@@ -190,13 +211,20 @@ POLICY_FILE: dict[str, Any] = {
     "models": _named(MODEL),
     "routes": _named(ROUTE),
     "limits": _named(LIMIT),
+    # JSON Schema (draft 2020-12) documents, checked with jsonschema at compile time.
+    "schemas": {
+        "type": "dict",
+        "nullable": True,
+        "keysrules": {"type": "string", "regex": r"[A-Za-z0-9][A-Za-z0-9._:/@-]*"},
+        "valuesrules": {"type": "dict"},
+    },
     "budgets": _named(BUDGET),
     "state": {"type": "dict", "schema": STATE},
     "telemetry": {"type": "dict", "schema": TELEMETRY},
 }
 
 # Named sections merge across files by entry name; the others may appear in one file only.
-SECTIONS = ("providers", "models", "routes", "limits", "budgets")
+SECTIONS = ("providers", "models", "routes", "limits", "budgets", "schemas")
 SINGLE_SECTIONS = ("state", "telemetry")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sidecar.stores.breakers import Breakers
 from sidecar.stores.lines import Lines
+from sidecar.stores.validators import Validators
 
 
 @dataclass(slots=True)
@@ -15,4 +16,5 @@ class Stores:
     Shared state (spend, rates) lives in the snapshot's `State` backend instead."""
 
     breakers: Breakers = field(default_factory=Breakers)
+    validators: Validators = field(default_factory=Validators)
     lines: Lines = field(default_factory=Lines)

@@ -29,6 +29,8 @@ class Behaviour:
     drop: bool = False  # close the connection without answering
     cut_after: int | None = None  # streams: close the connection after this many events
     fail_times: int | None = None  # fail only this many times, then behave normally
+    replies: list[str] | None = None  # successive answers (the last one repeats)
+    finish_reason: str = "stop"
 
 
 @dataclass
@@ -109,12 +111,17 @@ class FakeOpenAI:
         if early is not None:
             return early
         model = body["model"]
+        text = b.reply
+        if b.replies:
+            text = b.replies.pop(0) if len(b.replies) > 1 else b.replies[0]
         if not body.get("stream"):
-            return web.json_response(completion(model, b.reply))
+            answer = completion(model, text)
+            answer["choices"][0]["finish_reason"] = b.finish_reason
+            return web.json_response(answer)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         events = stream_events(
-            model, b.reply, (body.get("stream_options") or {}).get("include_usage", False)
+            model, text, (body.get("stream_options") or {}).get("include_usage", False)
         )
         try:
             for i, event in enumerate(events):

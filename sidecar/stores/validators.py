@@ -1,0 +1,33 @@
+"""Validators for JSON schemas that clients send in their requests (`from_request`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from cachetools import LRUCache
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from sidecar.errors import InvalidRequest
+
+
+class Validators:
+    """Validators for schemas that clients send (`from_request`), compiled once per distinct
+    schema text and kept in a small LRU: a request never compiles a schema seen before."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._cache: LRUCache[bytes, Any] = LRUCache(size)
+
+    def get(self, schema: dict[str, Any]) -> Any:
+        key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+        validator = self._cache.get(key)
+        if validator is None:
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                raise InvalidRequest(
+                    f"the request's JSON schema is invalid: {exc.message}"
+                ) from None
+            validator = self._cache[key] = Draft202012Validator(schema)
+        return validator
