@@ -152,7 +152,11 @@ async def finish(ctx: RequestContext) -> None:
             if kind == "tokens" and total != charged:
                 await state.adjust_rate(key, total - charged, limit, 60.0)
         ctx.taken = []
-        if ctx.route is None:
+        if ctx.route is None or (ctx.attempts == 0 and ctx.cache not in ("hit", "semantic-hit")):
+            # Refused before any upstream call: nothing was used; only free its hold.
+            if ctx.hold is not None:
+                await state.settle(ctx.hold, (), Usage(0))
+                ctx.hold = None
             return
         now = time.time()
         rows = []

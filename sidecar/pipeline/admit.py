@@ -70,6 +70,10 @@ async def admit(ctx: RequestContext) -> None:
         ctx.snapshot.telemetry.rejections.add(
             1, {"sidecar.route": route.name, "error.type": exc.code}
         )
+        # A refused request does not count against rates: give them back, then the slots.
+        rates = [t for t in ctx.taken if t[0] in ("rate", "tokens")]
+        ctx.taken = [t for t in ctx.taken if t[0] not in ("rate", "tokens")]
+        await _give_back(ctx, rates)
         await release(ctx)
         raise
     except BaseException:

@@ -44,6 +44,11 @@ class RequestContext:
     cost_usd: float | None = None
     finish_reasons: list[str] = field(default_factory=list)
     output: str | None = None  # validity: valid | repaired | default | invalid
+    # cache
+    cache: str | None = None  # hit | semantic-hit | miss | bypass
+    cache_key: str | None = None
+    cache_similarity: float | None = None
+    saved_usd: float = 0.0  # what a cache hit would have cost
     first_chunk_at: float | None = None  # streams: when the first event went to the client
     # dispatch
     attempts: int = 0
@@ -69,6 +74,10 @@ class RequestContext:
             headers["x-sidecar-cost-usd"] = f"{self.cost_usd:.8f}"
             if not self.usage_known:
                 headers["x-sidecar-usage"] = "estimated"
+        if self.cache is not None:
+            headers["x-sidecar-cache"] = self.cache
+            if self.cache_similarity is not None:
+                headers["x-sidecar-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.output is not None:
             headers["x-sidecar-output"] = self.output
         if self.downgraded_by is not None:

@@ -1,0 +1,244 @@
+"""One battery for the `State` seam, run against every backend: memory, sqlite (a file in
+the test's folder) and Redis (a real `redis-server` on a random port, a key prefix per test).
+
+What limits and budgets rely on: GCRA allowances are exact and give back, slots are capped
+and reclaimed, reservations hold money atomically (also under `asyncio.gather`), `once`
+fires once, usage rows add up and are found by prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.stores.memory import MemoryState
+from sidecar.stores.redis_backend import RedisState
+from sidecar.stores.sqlite import SqliteState
+from sidecar.stores.state import Hold, State, Usage
+
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[State]:
+    store: State
+    if request.param == "memory":
+        store = MemoryState()
+    elif request.param == "sqlite":
+        store = await SqliteState(tmp_path / "state.db", flush_interval=0.05).open()
+    else:
+        server = request.getfixturevalue("redis_server")
+        store = RedisState(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    yield store
+    await store.close()
+
+
+def hold(keys: tuple[str, ...], amount: float, ttl: float = 60.0) -> Hold:
+    return Hold(uuid.uuid4().hex, keys, amount, time.time() + ttl)
+
+
+def rows(*keys: str) -> tuple[tuple[str, float], ...]:
+    return tuple((k, time.time() + 3600) for k in keys)
+
+
+# -- rates (GCRA) ------------------------------------------------------------------------
+
+
+async def test_rate_admits_exactly_the_limit_then_says_when(state: State):
+    results = [await state.take_rate("r:a", 1.0, 10, 60.0) for _ in range(11)]
+    assert results[:10] == [0.0] * 10
+    # Ten per minute is one every six seconds: the 11th is due six seconds after the 1st.
+    assert 5.5 < results[10] <= 6.0
+    # Refusing spends nothing: asking again gives the same answer.
+    assert 5.5 < await state.take_rate("r:a", 1.0, 10, 60.0) <= 6.0
+    # Other keys are untouched.
+    assert await state.take_rate("r:b", 1.0, 10, 60.0) == 0.0
+
+
+async def test_rate_admits_again_after_the_retry_after(state: State):
+    for _ in range(5):
+        assert await state.take_rate("r:fast", 1.0, 5, 0.5) == 0.0
+    wait = await state.take_rate("r:fast", 1.0, 5, 0.5)
+    assert 0.05 < wait <= 0.1
+    await asyncio.sleep(wait + 0.02)
+    assert await state.take_rate("r:fast", 1.0, 5, 0.5) == 0.0
+    assert await state.take_rate("r:fast", 1.0, 5, 0.5) > 0.0
+
+
+async def test_rate_costs_are_weighted_and_adjust_gives_back(state: State):
+    assert await state.take_rate("t:a", 80.0, 100, 60.0) == 0.0
+    assert await state.take_rate("t:a", 30.0, 100, 60.0) > 0.0  # 110 > 100
+    await state.adjust_rate("t:a", -70.0, 100, 60.0)  # the real count was 10
+    assert await state.take_rate("t:a", 30.0, 100, 60.0) == 0.0  # 40
+    assert await state.take_rate("t:a", 60.0, 100, 60.0) == 0.0  # 100
+    assert await state.take_rate("t:a", 1.0, 100, 60.0) > 0.0
+    await state.adjust_rate("t:a", 5.0, 100, 60.0)  # the real count was higher: charged
+    wait = await state.take_rate("t:a", 1.0, 100, 60.0)
+    assert 3.0 < wait <= 3.6  # 6 tokens over, at 100 per minute
+
+
+async def test_rate_is_exact_under_concurrency(state: State):
+    results = await asyncio.gather(*(state.take_rate("r:c", 1.0, 20, 60.0) for _ in range(100)))
+    assert sum(1 for r in results if r == 0.0) == 20
+
+
+# -- concurrency slots -------------------------------------------------------------------
+
+
+async def test_slots_respect_the_limit_and_release_frees_one(state: State):
+    got = await asyncio.gather(*(state.acquire_slot("s:a", 3, f"l{i}", 60.0) for i in range(10)))
+    assert sum(got) == 3
+    holders = [f"l{i}" for i, ok in enumerate(got) if ok]
+    assert not await state.acquire_slot("s:a", 3, "late", 60.0)
+    await state.release_slot("s:a", holders[0])
+    assert await state.acquire_slot("s:a", 3, "late", 60.0)
+    assert not await state.acquire_slot("s:a", 3, "later", 60.0)
+    await state.release_slot("s:a", "never-held")  # harmless
+    assert not await state.acquire_slot("s:a", 3, "later", 60.0)
+
+
+async def test_expired_leases_are_reclaimed(state: State):
+    assert await state.acquire_slot("s:b", 1, "dead", 0.1)
+    assert not await state.acquire_slot("s:b", 1, "next", 60.0)
+    await asyncio.sleep(0.15)  # its holder died without releasing
+    assert await state.acquire_slot("s:b", 1, "next", 60.0)
+
+
+# -- budgets: reserve, spent, settle -----------------------------------------------------
+
+
+async def test_holds_count_against_the_limit_and_settle_moves_them_to_spent(state: State):
+    first = hold(("b:x",), 0.4)
+    assert await state.reserve(first, (1.0,)) == -1
+    assert await state.spent("b:x") == pytest.approx((0.0, 0.4))
+    second = hold(("b:x",), 0.4)
+    assert await state.reserve(second, (1.0,)) == -1
+    assert await state.reserve(hold(("b:x",), 0.4), (1.0,)) == 0  # 1.2 > 1.0
+    await state.settle(first, rows("b:x", "u:other"), Usage(cost_usd=0.1))
+    assert await state.spent("b:x") == pytest.approx((0.1, 0.4))
+    assert await state.reserve(hold(("b:x",), 0.4), (1.0,)) == -1  # 0.1 + 0.4 + 0.4
+    await state.settle(second, rows("b:x"), Usage(cost_usd=0.3))
+    spent, held = await state.spent("b:x")
+    assert spent == pytest.approx(0.4)
+    assert held == pytest.approx(0.4)
+
+
+async def test_reserve_names_the_first_budget_without_room_and_holds_nothing(state: State):
+    keys = ("b:team", "b:user", "b:route")
+    assert await state.reserve(hold(keys, 0.3), (1.0, 0.5, 1.0)) == -1
+    assert await state.reserve(hold(keys, 0.3), (1.0, 0.5, 1.0)) == 1
+    # A refused reservation holds nothing anywhere, not even on the keys before it.
+    assert await state.spent("b:team") == pytest.approx((0.0, 0.3))
+    assert await state.spent("b:route") == pytest.approx((0.0, 0.3))
+    assert await state.reserve(hold(keys, 0.3), (0.5, 1.0, 1.0)) == 0
+
+
+async def test_an_expired_hold_stops_counting(state: State):
+    assert await state.reserve(hold(("b:dead",), 0.9, ttl=0.1), (1.0,)) == -1
+    assert await state.reserve(hold(("b:dead",), 0.9), (1.0,)) == 0
+    await asyncio.sleep(0.2)  # its request died without settling
+    assert await state.spent("b:dead") == (0.0, 0.0)
+    assert await state.reserve(hold(("b:dead",), 0.9), (1.0,)) == -1
+
+
+async def test_concurrent_reservations_never_exceed_the_limit(state: State):
+    holds = [hold(("b:c",), 0.1) for _ in range(50)]
+    results = await asyncio.gather(*(state.reserve(h, (1.0,)) for h in holds))
+    admitted = [h for h, r in zip(holds, results, strict=True) if r == -1]
+    assert len(admitted) == 10
+    assert all(r in (-1, 0) for r in results)
+    # Settle them all concurrently at 0.05 each: spend is exact, nothing stays held.
+    await asyncio.gather(*(state.settle(h, rows("b:c"), Usage(cost_usd=0.05)) for h in admitted))
+    assert await state.spent("b:c") == pytest.approx((0.5, 0.0))
+    results = await asyncio.gather(*(state.reserve(hold(("b:c",), 0.1), (1.0,)) for _ in range(20)))
+    assert results.count(-1) == 5
+
+
+async def test_settle_without_a_hold_records_usage(state: State):
+    await state.settle(None, rows("b:free"), Usage(cost_usd=0.25))
+    assert await state.spent("b:free") == pytest.approx((0.25, 0.0))
+    assert await state.spent("b:unknown") == (0.0, 0.0)
+
+
+# -- once, usage rows --------------------------------------------------------------------
+
+
+async def test_once_is_true_once_per_ttl(state: State):
+    firsts = await asyncio.gather(*(state.once("warned:x", 0.2) for _ in range(10)))
+    assert firsts.count(True) == 1
+    assert await state.once("warned:y", 0.2)
+    await asyncio.sleep(0.3)
+    assert await state.once("warned:x", 0.2)
+
+
+async def test_usage_rows_add_up_and_are_found_by_prefix(state: State):
+    one = Usage(1, 7, 3, 2, 0.25, 0.5)
+    await state.settle(None, rows("u:day:D:team:a", "u:day:D:team:b", "u:day:D:user:a"), one)
+    await state.settle(None, rows("u:day:D:team:a", "u:hour:H:team:a"), one)
+    found = await state.usage("u:day:D:team:")
+    assert set(found) == {"u:day:D:team:a", "u:day:D:team:b"}
+    assert found["u:day:D:team:a"] == pytest.approx(
+        {
+            "requests": 2,
+            "input_tokens": 14,
+            "output_tokens": 6,
+            "cached_tokens": 4,
+            "cost_usd": 0.5,
+            "saved_usd": 1.0,
+        }
+    )
+    assert found["u:day:D:team:b"]["requests"] == 1
+    zero = Usage(1)  # fields that are zero still read back as zero
+    await state.settle(None, rows("u:day:D:team:c"), zero)
+    assert (await state.usage("u:day:D:team:c"))["u:day:D:team:c"] == {
+        f: (1.0 if f == "requests" else 0.0) for f in Usage.FIELDS
+    }
+    assert await state.usage("u:week:") == {}
+
+
+# -- sqlite: durable across a restart ----------------------------------------------------
+
+
+async def test_sqlite_keeps_spend_rates_and_once_across_close_and_reopen(tmp_path: Path):
+    path = tmp_path / "s.db"
+    first = await SqliteState(path, flush_interval=60.0).open()  # only close() flushes
+    for _ in range(3):
+        assert await first.take_rate("r:a", 1.0, 3, 60.0) == 0.0
+    await first.settle(None, rows("u:day:D:team:a"), Usage(1, 7, 3, 0, 0.25))
+    assert await first.once("warned:a", 60.0)
+    await first.close()
+
+    second = await SqliteState(path).open()
+    try:
+        assert await second.spent("u:day:D:team:a") == pytest.approx((0.25, 0.0))
+        assert (await second.usage("u:day:"))["u:day:D:team:a"]["input_tokens"] == 7
+        assert 19.0 < await second.take_rate("r:a", 1.0, 3, 60.0) <= 20.0
+        assert not await second.once("warned:a", 60.0)
+        await second.settle(None, rows("u:day:D:team:a"), Usage(1, 7, 3, 0, 0.25))
+    finally:
+        await second.close()
+    third = await SqliteState(path).open()
+    try:
+        assert await third.spent("u:day:D:team:a") == pytest.approx((0.5, 0.0))
+    finally:
+        await third.close()
+
+
+async def test_sqlite_writes_behind_while_running(tmp_path: Path):
+    path = tmp_path / "s.db"
+    store = await SqliteState(path, flush_interval=0.05).open()
+    try:
+        await store.settle(None, rows("u:total:all:user:a"), Usage(cost_usd=1.5))
+        await asyncio.sleep(0.2)
+        # A second reader of the file (as after a crash) sees the flushed row.
+        reader = await SqliteState(path, flush_interval=60.0).open()
+        try:
+            assert await reader.spent("u:total:all:user:a") == pytest.approx((1.5, 0.0))
+        finally:
+            await reader.close()  # it changed nothing, so it writes nothing
+    finally:
+        await store.close()
