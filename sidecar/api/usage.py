@@ -15,6 +15,7 @@ from aiohttp import web
 
 from sidecar.api.keys import HOLDER, USAGE_TOKEN
 from sidecar.api.proxy import JSON
+from sidecar.pipeline.cache import purge
 from sidecar.policy.schema import USAGE_SCOPES
 from sidecar.stores import keys
 from sidecar.stores.state import StoreUnavailable
@@ -69,3 +70,26 @@ async def usage(request: web.Request) -> web.Response:
         out.append(entry)
     body = {"scope": scope, "window": window, "bucket": bucket, "rows": out}
     return web.Response(body=orjson.dumps(body), content_type=JSON)
+
+
+async def purge_cache(request: web.Request) -> web.Response:
+    """`POST /cache/purge?route=NAME`: drop the route's cached answers (all scopes)."""
+    token = request.app[USAGE_TOKEN]
+    if token:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "a bearer token is required (SIDECAR_USAGE_TOKEN)")
+    holder = request.app[HOLDER]
+    snapshot = holder.current
+    name = request.query.get("route", "")
+    route = snapshot.policy.routes.get(name) if snapshot else None
+    if route is None or route.cache is None:
+        return _error(404, f"route '{name}' does not exist or has no cache")
+    try:
+        removed = await purge(holder.stores, route.cache.name, route.name)
+    except StoreUnavailable as exc:
+        return _error(503, f"cache store unavailable ({exc})")
+    return web.Response(
+        body=orjson.dumps({"route": name, "cache": route.cache.name, "removed": removed}),
+        content_type=JSON,
+    )

@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from sidecar.pipeline.admit import release, scope_value
+from sidecar.pipeline.cache import store
 from sidecar.pipeline.context import RequestContext
-from sidecar.policy.model import Price
+from sidecar.pipeline.pricing import cost_usd
 from sidecar.providers.base import Reply
 from sidecar.stores import keys
 from sidecar.stores.state import StoreUnavailable, Usage
@@ -23,12 +24,6 @@ from sidecar.tokens import count_text, estimate_request
 log = logging.getLogger("sidecar.account")
 
 USAGE_SCOPES = ("global", "user", "team", "route", "model", "key")
-
-
-def cost_usd(price: Price, input_tokens: int, output_tokens: int, cached_tokens: int) -> float:
-    cached_price = price.input if price.cached_input is None else price.cached_input
-    fresh = max(0, input_tokens - cached_tokens)
-    return (fresh * price.input + cached_tokens * cached_price + output_tokens * price.output) / 1e6
 
 
 def meter(ctx: RequestContext, reply: Reply) -> Reply:
@@ -146,6 +141,7 @@ async def finish(ctx: RequestContext) -> None:
     snapshot = ctx.snapshot
     state = snapshot.state
     try:
+        await store(ctx)
         await release(ctx)
         total = ctx.input_tokens + ctx.output_tokens
         for kind, key, charged, limit in ctx.taken:
@@ -166,7 +162,12 @@ async def finish(ctx: RequestContext) -> None:
                 key, _, expires = keys.row(window, scope, value, now)
                 rows.append((key, expires))
         usage = Usage(
-            1, ctx.input_tokens, ctx.output_tokens, ctx.cached_tokens, ctx.cost_usd or 0.0
+            1,
+            ctx.input_tokens,
+            ctx.output_tokens,
+            ctx.cached_tokens,
+            ctx.cost_usd or 0.0,
+            ctx.saved_usd,
         )
         await state.settle(ctx.hold, tuple(rows), usage)
         ctx.hold = None

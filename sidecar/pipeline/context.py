@@ -49,6 +49,9 @@ class RequestContext:
     cache_key: str | None = None
     cache_similarity: float | None = None
     saved_usd: float = 0.0  # what a cache hit would have cost
+    cache_leader: bool = False  # this request's miss is the one the others wait for
+    cache_vector: Any = None  # (partition, embedding) of a semantic miss, to store with
+    cache_store: Any = None  # the complete answer, kept for `finish` to store
     first_chunk_at: float | None = None  # streams: when the first event went to the client
     # dispatch
     attempts: int = 0

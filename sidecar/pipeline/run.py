@@ -1,10 +1,11 @@
 """The request pipeline, in order. Read this file to know what happens to a request.
 
-    identify caller → match route → admit (limits, queue, budgets) → [cache lookup]
+    identify caller → match route → admit (limits, queue, budgets) → cache lookup
       → dispatch (retries, fallback, breakers, hedging)
       → validate (schema; refined retries, fallback, default) → meter
     … the answer goes out …
-    finish: account (cost, spend, token-rate corrections) and release what admit took
+    finish: store in the cache, account (cost, saved, spend, token-rate corrections)
+      and release what admit took
 
 Stages in brackets arrive with later work; each is a plain function over the request
 context, so adding one is one line here. `finish` runs from the handler's `finally`, so
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from sidecar.pipeline.account import finish, meter
 from sidecar.pipeline.admit import admit
+from sidecar.pipeline.cache import lookup, remember
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.identify import identify
@@ -29,7 +31,11 @@ async def run(ctx: RequestContext) -> Reply:
     identify(ctx)
     route(ctx)
     await admit(ctx)
+    hit = await lookup(ctx)
+    if hit is not None:
+        return hit
     enforce(ctx)
     reply = await dispatch(ctx)
     reply = await validate(ctx, reply)
+    reply = remember(ctx, reply)
     return meter(ctx, reply)

@@ -24,6 +24,7 @@ from sidecar.policy.model import (
     DEFAULT_STATE_PATH,
     Admission,
     Budget,
+    CachePolicy,
     Circuit,
     Condition,
     Hedge,
@@ -391,6 +392,67 @@ class _Compiler:
             stream_validate=b.get("stream_mode", "validate") == "validate",
         )
 
+    def cache(self, e: _Entry, models: dict[str, Model]) -> CachePolicy | None:
+        name = e.body.get("cache")
+        if name is None:
+            return None
+        entry = self.sections["cache"].get(name)
+        if entry is None:
+            self.problems.append(
+                e.problem(
+                    f"route '{e.name}' uses cache '{name}', which is not defined "
+                    f"(cache: {_names(self.sections['cache'])})",
+                    "cache",
+                )
+            )
+            return None
+        b = entry.body
+        semantic = b.get("mode", "exact") == "semantic"
+        sem = b.get("semantic") or {}
+        embedding = None
+        if semantic:
+            if "model" not in sem:
+                self.problems.append(
+                    entry.problem(f"cache '{name}': mode semantic needs semantic.model")
+                )
+            elif sem["model"] not in models:
+                self.problems.append(
+                    entry.problem(
+                        f"cache '{name}' embeds with model '{sem['model']}', which is not defined",
+                        "semantic",
+                        "model",
+                    )
+                )
+            else:
+                embedding = models[sem["model"]]
+        store = b.get("store", "memory")
+        url = b.get("url")
+        if store == "redis" and url is None:
+            url = self._state_url()
+            if url is None:
+                self.problems.append(
+                    entry.problem(f"cache '{name}': store redis needs a url (or state.url)")
+                )
+        return CachePolicy(
+            name=name,
+            semantic=semantic,
+            ttl=_seconds(b.get("ttl"), 3600.0),
+            max_entries=b.get("max_entries", 10_000),
+            max_bytes=b.get("max_bytes"),
+            store=store,
+            url=url,
+            scope=b.get("scope", "user"),
+            any_temperature=b.get("any_temperature", False),
+            tools=b.get("tools", False),
+            embedding=embedding,
+            similarity=float(sem.get("similarity", 0.95)),
+            whole_conversation=sem.get("input", "last_user") == "conversation",
+        )
+
+    def _state_url(self) -> str | None:
+        entry = self.sections["state"].get("state")
+        return entry.body.get("url") if entry else None
+
     def route(self, e: _Entry, models: dict[str, Model], schemas: dict[str, Any]) -> Route:
         b = e.body
         route_retry = _retry(b.get("retry"), Retry())
@@ -426,6 +488,7 @@ class _Compiler:
             first_token_timeout=parse_duration(first_token) if first_token else None,
             hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
             output=self.output(e, schemas),
+            cache=self.cache(e, models),
         )
 
     def route_sets(self, routes: dict[str, Route], models: dict[str, Model]) -> dict[str, RouteSet]:

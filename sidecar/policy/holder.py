@@ -166,6 +166,7 @@ class PolicyHolder:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.stores.caches.close()
         for state in [*self._old_states, *([self._state[1]] if self._state else [])]:
             try:
                 await state.close()

@@ -117,6 +117,23 @@ class OutputPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class CachePolicy:
+    name: str
+    semantic: bool = False
+    ttl: float = 3600.0
+    max_entries: int = 10_000
+    max_bytes: int | None = None
+    store: str = "memory"
+    url: str | None = None
+    scope: str = "user"  # never one tenant's answer to another unless the policy says global
+    any_temperature: bool = False
+    tools: bool = False
+    embedding: Model | None = None
+    similarity: float = 0.95
+    whole_conversation: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Hedge:
     after: float  # start the next target if no first token by then
     max: int = 1  # extra targets raced at most
@@ -132,6 +149,7 @@ class Route:
     first_token_timeout: float | None = None  # streams: the wait for the first event
     hedge: Hedge | None = None
     output: OutputPolicy | None = None
+    cache: CachePolicy | None = None
     implicit: bool = False  # a model addressed directly, with no route of its own
 
 

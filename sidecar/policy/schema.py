@@ -127,6 +127,26 @@ OUTPUT: dict[str, Any] = {
     "stream_mode": {"type": "string", "allowed": ["validate", "passthrough"]},
 }
 
+CACHE: dict[str, Any] = {
+    "mode": {"type": "string", "allowed": ["exact", "semantic"]},
+    "ttl": DURATION,
+    "max_entries": {"type": "integer", "min": 1},
+    "max_bytes": {"type": "integer", "min": 1024},
+    "store": {"type": "string", "allowed": ["memory", "redis"]},
+    "url": {"type": "string", "regex": r"rediss?://.+"},  # default: state.url
+    "scope": {"type": "string", "allowed": ["global", "user", "team"]},
+    "any_temperature": {"type": "boolean"},  # cache even when temperature is not 0
+    "tools": {"type": "boolean"},  # cache requests that offer tools (their calls may act)
+    "semantic": {
+        "type": "dict",
+        "schema": {
+            "model": {"type": "string", "required": True, "empty": False},  # an embeddings model
+            "similarity": {"type": "float", "min": 0.5, "max": 1.0},
+            "input": {"type": "string", "allowed": ["last_user", "conversation"]},
+        },
+    },
+}
+
 HEDGE: dict[str, Any] = {
     "after": {**DURATION, "required": True},
     "max": {"type": "integer", "min": 1, "max": 4},
@@ -145,6 +165,7 @@ ROUTE: dict[str, Any] = {
     "first_token_timeout": DURATION,
     "hedge": {"type": "dict", "schema": HEDGE},
     "output": {"type": "dict", "schema": OUTPUT},
+    "cache": {"type": "string", "empty": False},  # a `cache` entry's name
 }
 
 
@@ -219,12 +240,13 @@ POLICY_FILE: dict[str, Any] = {
         "valuesrules": {"type": "dict"},
     },
     "budgets": _named(BUDGET),
+    "cache": _named(CACHE),
     "state": {"type": "dict", "schema": STATE},
     "telemetry": {"type": "dict", "schema": TELEMETRY},
 }
 
 # Named sections merge across files by entry name; the others may appear in one file only.
-SECTIONS = ("providers", "models", "routes", "limits", "budgets", "schemas")
+SECTIONS = ("providers", "models", "routes", "limits", "budgets", "schemas", "cache")
 SINGLE_SECTIONS = ("state", "telemetry")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sidecar.stores.breakers import Breakers
+from sidecar.stores.caches import Caches
 from sidecar.stores.lines import Lines
 from sidecar.stores.validators import Validators
 
@@ -17,4 +18,5 @@ class Stores:
 
     breakers: Breakers = field(default_factory=Breakers)
     validators: Validators = field(default_factory=Validators)
+    caches: Caches = field(default_factory=Caches)
     lines: Lines = field(default_factory=Lines)

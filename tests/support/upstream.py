@@ -46,6 +46,7 @@ class FakeOpenAI:
         self.behaviours: dict[str, Behaviour] = {}
         self.seen: list[Seen] = []
         self.cancelled = 0  # requests whose client went away before we finished
+        self.vectors: dict[str, list[float]] = {}  # embeddings the test controls, by input
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -144,7 +145,11 @@ class FakeOpenAI:
             return early
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [
-            {"object": "embedding", "index": i, "embedding": [float(len(str(x))), 1.0, 0.0]}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": self.vectors.get(str(x), [float(len(str(x))), 1.0, 0.0]),
+            }
             for i, x in enumerate(inputs)
         ]
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}

@@ -1,0 +1,236 @@
+"""Stage: answer from the cache when the same question (or, in semantic mode, a similar
+enough one) was answered before; otherwise remember the answer once it is complete.
+
+Exact keys hash the normalised request: the model alias, the messages and every parameter
+that can change the answer, in sorted-key canonical JSON — not `user`, stream flags or
+request metadata — so key order and whitespace never cause a miss. Keys are scoped to the
+user or team unless the cache says `scope: global`. Cacheable by default: requests with
+`temperature: 0` and no tools (tools may act; a cached answer would skip the action).
+Only complete, successful answers are stored (never an error, a `length` cut, an invalid
+output or a broken stream). Concurrent identical misses wait for the first one's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sidecar.errors import SidecarError
+from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.pricing import cost_usd
+from sidecar.pipeline.synth import events_from_completion, replay
+from sidecar.policy.model import CachePolicy
+from sidecar.providers.base import EMBEDDINGS, Call, Reply
+from sidecar.stores.state import StoreUnavailable
+
+log = logging.getLogger("sidecar.cache")
+
+# Request fields that do not change the answer.
+_IGNORED = frozenset({"user", "stream", "stream_options", "metadata", "store", "service_tier"})
+
+
+class CacheMiss(SidecarError):
+    status = 504
+    type = "server_error"
+    code = "cache_miss"
+
+
+def _control(ctx: RequestContext) -> str:
+    control = (ctx.headers.get("x-sidecar-cache") or "").lower()
+    if "no-store" in (ctx.headers.get("cache-control") or "").lower():
+        return "bypass"
+    return control
+
+
+def _cacheable(ctx: RequestContext, policy: CachePolicy) -> bool:
+    body = ctx.client_body
+    if body.get("tools") and not policy.tools:
+        return False
+    return policy.any_temperature or body.get("temperature") == 0
+
+
+def _scope(ctx: RequestContext, policy: CachePolicy) -> str:
+    if policy.scope == "global":
+        return "*"
+    value = ctx.user if policy.scope == "user" else ctx.team
+    return f"{policy.scope}={value or '(none)'}"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+async def lookup(ctx: RequestContext) -> Reply | None:
+    policy = ctx.route.cache if ctx.route else None
+    if policy is None:
+        return None
+    control = _control(ctx)
+    if control == "bypass" or not _cacheable(ctx, policy):
+        ctx.cache = "bypass"
+        if control == "only-if-cached":
+            raise CacheMiss("not cacheable, and the request asked for only-if-cached")
+        return None
+    answers, index = ctx.snapshot.stores.caches.get(policy)
+    body = {k: v for k, v in ctx.client_body.items() if k not in _IGNORED}
+    params = {k: v for k, v in body.items() if k != "messages"}
+    assert ctx.route is not None
+    prefix = f"c:{policy.name}:{ctx.route.name}:{_scope(ctx, policy)}:"
+    ctx.cache_key = prefix + _digest(body)
+    try:
+        if control != "refresh":
+            hit = await answers.get(ctx.cache_key)
+            if hit is not None:
+                return _serve(ctx, hit, "hit")
+            if index is not None:
+                vector = await _embed(ctx, policy)
+                ctx.cache_vector = (prefix + _digest(params), vector)
+                found = await index.search(ctx.cache_vector[0], vector, time.time())
+                if found is not None and found[1] >= policy.similarity:
+                    hit = await answers.get(found[0])
+                    if hit is not None:
+                        ctx.cache_similarity = found[1]
+                        return _serve(ctx, hit, "semantic-hit")
+        if control == "only-if-cached":
+            raise CacheMiss("no cached answer for this request (only-if-cached)")
+        ctx.cache = "miss"
+        return await _join_flight(ctx, answers)
+    except StoreUnavailable as exc:
+        log.error("cache unavailable (%s); asking the provider", exc)
+        ctx.cache = "bypass"
+        return None
+
+
+async def _join_flight(ctx: RequestContext, answers: Any) -> Reply | None:
+    """The first miss for a key asks upstream; the others wait for its answer."""
+    assert ctx.cache_key is not None
+    flights = ctx.snapshot.stores.caches.flights
+    leader = flights.get(ctx.cache_key)
+    if leader is None:
+        flights[ctx.cache_key] = asyncio.get_running_loop().create_future()
+        ctx.cache_leader = True
+        return None
+    try:
+        async with asyncio.timeout(max(0.0, ctx.deadline - time.monotonic())):
+            await asyncio.shield(leader)
+    except TimeoutError:
+        return None
+    hit = await answers.get(ctx.cache_key)
+    return _serve(ctx, hit, "hit") if hit is not None else None  # the leader failed: ask
+
+
+def land(ctx: RequestContext) -> None:
+    """Wake the waiters of this request's flight (from `finish`, whatever happened)."""
+    if ctx.cache_leader and ctx.cache_key is not None:
+        ctx.cache_leader = False
+        future = ctx.snapshot.stores.caches.flights.pop(ctx.cache_key, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+def _serve(ctx: RequestContext, raw: bytes, how: str) -> Reply:
+    entry = orjson.loads(raw)
+    answer, saved = entry["answer"], float(entry.get("cost", 0.0))
+    ctx.cache = how
+    ctx.saved_usd = saved
+    if ctx.stream:
+        include_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
+        return Reply(events=replay(events_from_completion(answer, include_usage)))
+    return Reply(body=orjson.dumps(answer))
+
+
+async def _embed(ctx: RequestContext, policy: CachePolicy) -> np.ndarray:
+    """The prompt's embedding, through our own provider layer; its cost is the request's."""
+    model = policy.embedding
+    assert model is not None
+    messages = ctx.client_body.get("messages") or []
+    if policy.whole_conversation:
+        text = "\n".join(f"{m.get('role')}: {_text(m.get('content'))}" for m in messages)
+    else:
+        text = next(
+            (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+    provider = ctx.snapshot.providers[model.provider]
+    reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
+    answer = orjson.loads(reply.body)
+    tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+    ctx.cost_usd = (ctx.cost_usd or 0.0) + cost_usd(model.price, tokens, 0, 0)
+    vector = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
+    norm = float(np.linalg.norm(vector)) or 1.0
+    return vector / norm
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def remember(ctx: RequestContext, reply: Reply) -> Reply:
+    """Store the answer once it is complete: now for JSON, at the stream's end for SSE."""
+    if (
+        ctx.cache != "miss"
+        or ctx.cache_key is None
+        or (ctx.output or "valid") in ("invalid", "default")
+    ):
+        return reply
+    if reply.events is None:
+        answer = orjson.loads(reply.body)
+        if _complete(answer):
+            ctx.cache_store = answer
+        return reply
+    reply.events = _collect(ctx, reply.events)
+    return reply
+
+
+async def _collect(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    from sidecar.pipeline.validate import _assemble  # the same reassembly validation uses
+
+    seen: list[bytes] = []
+    async for event in events:
+        seen.append(event)
+        yield event
+    if seen and seen[-1].startswith(b"data: [DONE]"):
+        answer = _assemble(seen)
+        if _complete(answer):
+            ctx.cache_store = answer
+
+
+def _complete(answer: Any) -> bool:
+    try:
+        return all(c.get("finish_reason") in ("stop", "tool_calls") for c in answer["choices"])
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+async def store(ctx: RequestContext) -> None:
+    """From `finish`: write what `remember` kept, with what it cost (a hit saves that)."""
+    policy = ctx.route.cache if ctx.route else None
+    answer, ctx.cache_store = ctx.cache_store, None
+    try:
+        if policy is not None and answer is not None and ctx.cache_key is not None:
+            answers, index = ctx.snapshot.stores.caches.get(policy)
+            entry = orjson.dumps({"answer": answer, "cost": ctx.cost_usd or 0.0})
+            await answers.put(ctx.cache_key, entry, policy.ttl)
+            if index is not None and ctx.cache_vector is not None:
+                partition, vector = ctx.cache_vector
+                await index.add(partition, vector, ctx.cache_key, policy.ttl)
+    except StoreUnavailable as exc:
+        log.error("cache unavailable (%s); answer not stored", exc)
+    finally:
+        land(ctx)
+
+
+async def purge(ctx_stores: Any, cache: str, route: str) -> int:
+    removed = 0
+    for answers, index in ctx_stores.caches.by_name(cache):
+        removed += await answers.purge(f"c:{cache}:{route}:")
+        if index is not None:
+            index.drop(f"c:{cache}:{route}:")
+    return removed

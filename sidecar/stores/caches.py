@@ -1,0 +1,40 @@
+"""The answer caches of this process, one per cache policy (by name and settings, so a
+reload that leaves a cache unchanged keeps its entries), and in-flight misses for
+single-flight coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sidecar.policy.model import CachePolicy
+from sidecar.stores.answers import Answers, MemoryAnswers, RedisAnswers
+from sidecar.stores.semantic import SemanticIndex
+
+
+class Caches:
+    def __init__(self) -> None:
+        self._caches: dict[CachePolicy, tuple[Answers, SemanticIndex | None]] = {}
+        self.flights: dict[str, asyncio.Future[None]] = {}
+
+    def get(self, policy: CachePolicy) -> tuple[Answers, SemanticIndex | None]:
+        found = self._caches.get(policy)
+        if found is None:
+            url = policy.url if policy.store == "redis" else None
+            answers: Answers = (
+                RedisAnswers(url)
+                if url
+                else MemoryAnswers(policy.ttl, policy.max_entries, policy.max_bytes)
+            )
+            index = SemanticIndex(url) if policy.semantic else None
+            found = self._caches[policy] = (answers, index)
+        return found
+
+    def by_name(self, name: str) -> list[tuple[Answers, SemanticIndex | None]]:
+        return [c for p, c in self._caches.items() if p.name == name]
+
+    async def close(self) -> None:
+        for answers, index in self._caches.values():
+            await answers.close()
+            if index is not None:
+                await index.close()
+        self._caches.clear()

@@ -1,0 +1,215 @@
+"""Response caching seen through the OpenAI SDK: exact keys, scopes, single-flight,
+streaming replay, semantic hits with embeddings the test controls, and the controls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from sidecar.app import Sidecar
+from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.upstream import FakeOpenAI
+
+Q = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[..., object]]:
+    started: list[Sidecar] = []
+
+    async def start(cache: str) -> Sidecar:
+        write_policy(
+            tmp_path / "p",
+            "p.yaml",
+            f"""
+            providers:
+              main: {{type: openai, base_url: "{upstream.base_url}"}}
+            models:
+              a: {{provider: main, name: up-a, price: {{input: 1000, output: 2000}}}}
+              emb: {{provider: main, name: up-emb, price: {{input: 100}}}}
+            cache:
+              answers: {cache}
+            routes:
+              chat: {{targets: [a], cache: answers}}
+            state: {{backend: memory}}
+            """,
+        )
+        sc = await start_sidecar(tmp_path / "p")
+        started.append(sc)
+        return sc
+
+    yield start
+    for sc in started:
+        await sc.stop()
+
+
+def api(sc: Sidecar, **headers: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{sc.port}/v1",
+        api_key="x",
+        max_retries=0,
+        default_headers=headers,
+    )
+
+
+async def ask(
+    sc: Sidecar,
+    messages: list[dict[str, str]] = Q,
+    headers: dict[str, str] | None = None,
+    **kw: object,
+) -> tuple[str, dict[str, str]]:
+    async with api(sc, **(headers or {})) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=messages, temperature=0, **kw
+        )
+        return raw.parse().choices[0].message.content or "", dict(raw.headers)
+
+
+async def test_second_identical_request_is_a_hit_that_costs_nothing(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact, ttl: 1m}")
+    upstream.behave("up-a", reply="Paris")
+    first, h1 = await ask(sc)
+    second, h2 = await ask(sc)
+    assert (first, second) == ("Paris", "Paris")
+    assert (h1["x-sidecar-cache"], h2["x-sidecar-cache"]) == ("miss", "hit")
+    assert len(upstream.calls("up-a")) == 1
+    assert float(h1["x-sidecar-cost-usd"]) > 0
+    assert "x-sidecar-cost-usd" not in h2 or float(h2["x-sidecar-cost-usd"]) == 0
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{sc.ops_port}/usage?scope=route&window=day") as r,
+    ):
+        row = (await r.json())["rows"][0]
+    assert row["requests"] == 2
+    assert row["saved_usd"] == pytest.approx(row["cost_usd"])  # the hit saved what the miss cost
+
+
+async def test_key_order_and_whitespace_do_not_cause_misses(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    url = f"http://127.0.0.1:{sc.port}/v1/chat/completions"
+    bodies = [
+        b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hi"}]}',
+        b'{ "messages" : [ {"content": "hi", "role": "user"} ],\n "temperature": 0, "model": "chat", "stream": false }',
+    ]
+    async with aiohttp.ClientSession() as s:
+        for body in bodies:
+            async with s.post(url, data=body) as r:
+                assert r.status == 200
+                last = r.headers["x-sidecar-cache"]
+    assert last == "hit"
+    assert len(upstream.calls()) == 1
+
+
+async def test_users_never_see_each_others_answers_by_default(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    await ask(sc, headers={"x-sidecar-user": "alice"})
+    _, h = await ask(sc, headers={"x-sidecar-user": "bob"})
+    assert h["x-sidecar-cache"] == "miss"
+    _, h = await ask(sc, headers={"x-sidecar-user": "alice"})
+    assert h["x-sidecar-cache"] == "hit"
+
+
+async def test_ttl_expiry(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact, ttl: 300ms}")
+    await ask(sc)
+    await asyncio.sleep(0.4)
+    _, h = await ask(sc)
+    assert h["x-sidecar-cache"] == "miss"
+
+
+async def test_only_temperature_zero_is_cached_by_default(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    async with api(sc) as client:
+        for _ in range(2):
+            raw = await client.chat.completions.with_raw_response.create(model="chat", messages=Q)
+            assert raw.headers["x-sidecar-cache"] == "bypass"
+    assert len(upstream.calls()) == 2
+
+
+async def test_concurrent_identical_misses_make_one_upstream_call(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="Paris", delay=0.3)
+    results = await asyncio.gather(*(ask(sc) for _ in range(20)))
+    assert {text for text, _ in results} == {"Paris"}
+    assert len(upstream.calls("up-a")) == 1
+    assert sorted(h["x-sidecar-cache"] for _, h in results).count("hit") == 19
+
+
+async def test_streams_are_cached_when_complete_and_replayed_as_sse(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="The capital is Paris")
+    async with api(sc) as client:
+        for expected in ("miss", "hit"):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="chat", messages=Q, temperature=0, stream=True
+            )
+            assert raw.headers["x-sidecar-cache"] == expected
+            text = "".join(
+                [c.choices[0].delta.content or "" async for c in raw.parse() if c.choices]
+            )
+            assert text == "The capital is Paris"
+        # and the same answer, cached from a stream, serves a JSON request
+    assert len(upstream.calls("up-a")) == 1
+
+
+async def test_a_broken_stream_is_never_cached(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="a b c d e", cut_after=3)
+    async with api(sc) as client:
+        stream = await client.chat.completions.create(
+            model="chat", messages=Q, temperature=0, stream=True
+        )
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+    upstream.behave("up-a", reply="whole")
+    text, h = await ask(sc)
+    assert (text, h["x-sidecar-cache"]) == ("whole", "miss")
+
+
+async def test_controls_bypass_refresh_only_if_cached_and_no_store(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    with pytest.raises(openai.APIStatusError) as info:
+        await ask(sc, headers={"x-sidecar-cache": "only-if-cached"})
+    assert info.value.status_code == 504
+    _, h = await ask(sc, headers={"cache-control": "no-store"})
+    assert h["x-sidecar-cache"] == "bypass"
+    await ask(sc)
+    upstream.behave("up-a", reply="fresh")
+    text, h = await ask(sc, headers={"x-sidecar-cache": "refresh"})
+    assert (text, h["x-sidecar-cache"]) == ("fresh", "miss")
+    text, h = await ask(sc, headers={"x-sidecar-cache": "only-if-cached"})
+    assert (text, h["x-sidecar-cache"]) == ("fresh", "hit")
+
+
+async def test_semantic_hit_and_miss_by_similarity(make, upstream: FakeOpenAI):
+    sc = await make("{mode: semantic, semantic: {model: emb, similarity: 0.95}}")
+    upstream.vectors["What is the capital of France?"] = [1.0, 0.0, 0.0]
+    upstream.vectors["Which city is France's capital?"] = [0.99, 0.1, 0.0]
+    upstream.vectors["How tall is the Eiffel tower?"] = [0.5, 0.8, 0.3]
+    upstream.behave("up-a", reply="Paris")
+    await ask(sc)
+    text, h = await ask(sc, [{"role": "user", "content": "Which city is France's capital?"}])
+    assert (text, h["x-sidecar-cache"]) == ("Paris", "semantic-hit")
+    assert float(h["x-sidecar-cache-similarity"]) == pytest.approx(0.995, abs=0.002)
+    _, h = await ask(sc, [{"role": "user", "content": "How tall is the Eiffel tower?"}])
+    assert h["x-sidecar-cache"] == "miss"
+    assert len(upstream.calls("up-a")) == 2
+    assert len(upstream.calls("up-emb")) == 3  # each lookup embedded once, through the provider
+
+
+async def test_admin_purge_by_route(make, upstream: FakeOpenAI):
+    sc = await make("{mode: exact}")
+    await ask(sc)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{sc.ops_port}/cache/purge?route=chat") as r,
+    ):
+        assert (await r.json())["removed"] == 1
+    _, h = await ask(sc)
+    assert h["x-sidecar-cache"] == "miss"
