@@ -94,7 +94,8 @@ async def test_key_order_and_whitespace_do_not_cause_misses(make, upstream: Fake
     url = f"http://127.0.0.1:{sc.port}/v1/chat/completions"
     bodies = [
         b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hi"}]}',
-        b'{ "messages" : [ {"content": "hi", "role": "user"} ],\n "temperature": 0, "model": "chat", "stream": false }',
+        b'{ "messages" : [ {"content": "hi", "role": "user"} ],\n'
+        b' "temperature": 0, "model": "chat", "stream": false }',
     ]
     async with aiohttp.ClientSession() as s:
         for body in bodies:
