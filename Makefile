@@ -20,7 +20,7 @@ check: $(STAMP)
 	$(VENV)/bin/llm-sidecar check policies
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/llm-sidecar check policies
 	$(VENV)/bin/pytest
 

@@ -130,7 +130,8 @@ def _entry_change(
         return EntryChange(section, name, "added", new.location, _shown(section, fields), used_by)
     if new is None and old is not None:
         return EntryChange(section, name, "removed", old.location, (), used_by)
-    assert old is not None and new is not None
+    assert old is not None
+    assert new is not None
     a, b = _flatten(old.body), _flatten(new.body)
     fields = [
         FieldChange(p, a.get(p, UNSET), b.get(p, UNSET))
