@@ -1,9 +1,10 @@
-"""Entry points: `llm-sidecar serve` and `llm-sidecar check`."""
+"""Entry points: `llm-sidecar serve`, and the GitOps tools `check`, `diff` and `schema`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -52,6 +53,16 @@ def parser() -> argparse.ArgumentParser:
         "check", help="validate a policy folder (exit 1 with FILE:LINE: problems)"
     )
     check.add_argument("folder", type=Path)
+    check.add_argument(
+        "--format", choices=("text", "json"), default="text", help="json: {ok, version, problems}"
+    )
+
+    diff = sub.add_parser("diff", help="what changes from one policy folder to another")
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+    diff.add_argument("--format", choices=("text", "json"), default="text")
+
+    sub.add_parser("schema", help="print the policy file format as JSON Schema (draft 2020-12)")
 
     usage = sub.add_parser("usage", help="spend and tokens per scope, from a running sidecar")
     usage.add_argument("--scope", default="team", help="global|user|team|route|model|key")
@@ -65,32 +76,80 @@ def parser() -> argparse.ArgumentParser:
         help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
     )
     usage.add_argument("--json", action="store_true", help="print the JSON as served")
+
+    top = sub.add_parser("top", help="a live view of a running sidecar (like htop)")
+    top.add_argument(
+        "--ops",
+        default=os.environ.get(
+            "SIDECAR_OPS_URL", f"http://127.0.0.1:{_env_int('SIDECAR_OPS_PORT', 8481)}"
+        ),
+        help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
+    )
+    top.add_argument("-n", "--interval", type=float, default=2.0, help="seconds between polls")
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "check":
-        return check(args.folder)
+        return check(args.folder, args.format)
+    if args.command == "diff":
+        return diff(args.old, args.new, args.format)
+    if args.command == "schema":
+        from sidecar.policy.jsonschema import policy_schema
+
+        print(json.dumps(policy_schema(), indent=2))
+        return 0
     if args.command == "usage":
         from sidecar.usage_table import show
 
         return show(args.ops, args.scope, args.window, args.bucket, args.json)
+    if args.command == "top":
+        from sidecar.top import run as top
+
+        return top(args.ops, args.interval, args.once)
     return serve(args)
 
 
-def check(folder: Path) -> int:
+def check(folder: Path, fmt: str = "text") -> int:
     try:
         policy = load_folder(folder)
     except PolicyInvalid as exc:
+        if fmt == "json":
+            problems = [
+                {"file": p.file, "line": p.line, "message": p.message} for p in exc.problems
+            ]
+            print(json.dumps({"ok": False, "version": None, "problems": problems}))
+            return 1
         for problem in exc.problems:
             print(problem)
         return 1
+    if fmt == "json":
+        print(json.dumps({"ok": True, "version": policy.version, "problems": []}))
+        return 0
     print(
         f"ok: {len(policy.files)} file(s), {len(policy.routes)} route(s), "
         f"{len(policy.models)} model(s), {len(policy.providers)} provider(s); "
         f"version {policy.version}"
     )
+    return 0
+
+
+def diff(old: Path, new: Path, fmt: str) -> int:
+    """Exit 0 with the changes (none is a result too), 2 when a folder cannot be read."""
+    from sidecar.policy import diff as policy_diff
+
+    try:
+        result = policy_diff.compare(old, new)
+    except PolicyInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if fmt == "json":
+        print(json.dumps(policy_diff.as_json(result), indent=2))
+    else:
+        print(policy_diff.text(result))
     return 0
 
 

@@ -24,7 +24,12 @@ from sidecar.policy.source import SourceFile, content_hash, parse, read_folder
 
 ORDER = (*SECTIONS, *SINGLE_SECTIONS)
 # Fields that may hold a credential: shown only when they are `${NAME}` references.
-_SECRET_FIELDS = {("providers", "api_key"), ("providers", "headers"), ("state", "url")}
+_SECRET_FIELDS = {
+    ("providers", "api_key"),
+    ("providers", "headers"),
+    ("state", "url"),
+    ("cache", "url"),
+}
 _ONLY_REFERENCES = re.compile(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})+$")
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 REDACTED = "<redacted>"

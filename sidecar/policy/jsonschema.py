@@ -65,6 +65,7 @@ _SECTIONS = {
     "limits": "Rate, token and concurrency limits per user, team, route, key or globally.",
     "schemas": "JSON Schema (draft 2020-12) documents that routes check answers against.",
     "budgets": "Spend limits in USD per window: reject, downgrade or alert.",
+    "cache": "Response caches (exact or semantic) that routes use.",
     "state": "Where limits and spend are kept: memory, sqlite or redis.",
     "telemetry": "What spans and metrics carry.",
 }
@@ -93,7 +94,8 @@ def policy_schema() -> dict[str, Any]:
     """The JSON Schema of one policy file."""
     properties = {}
     for section, rule in POLICY_FILE.items():
-        properties[section] = {"description": _SECTIONS.get(section, section), **_rule(rule)}
+        about = {"description": _SECTIONS[section]} if section in _SECTIONS else {}
+        properties[section] = {**about, **_rule(rule)}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "llm-sidecar policy file",

@@ -44,7 +44,8 @@ def test_the_example_policies_pass():
     version = load_folder(EXAMPLES, env={}).version
     assert (run.code, run.stderr) == (0, "")
     assert len(run.lines) == 1
-    assert run.lines[0].startswith("ok: 2 file(s), ")
+    files = len(list(EXAMPLES.glob("*.yaml")))
+    assert run.lines[0].startswith(f"ok: {files} file(s), ")
     assert run.lines[0].endswith(f"; version {version}")
 
 
