@@ -149,10 +149,9 @@ async def _attempt(
             fail(span, error.kind)
             if error.status is not None and span is not None:
                 span.set_attribute("http.response.status_code", error.status)
-            telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": error.kind})
+            telemetry.attempts.add(1, {"sidecar.model": model.name, "error.type": error.kind})
             raise error from None
-        telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": "ok"})
-        return reply
+        return reply  # successes are counted per request (sidecar.requests, sidecar.attempts)
 
 
 def _fail(ctx: RequestContext, target: Target, error: UpstreamError) -> None:
