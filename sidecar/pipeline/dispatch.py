@@ -149,9 +149,10 @@ async def _attempt(
             fail(span, error.kind)
             if error.status is not None and span is not None:
                 span.set_attribute("http.response.status_code", error.status)
-            telemetry.attempts.add(1, {"sidecar.model": model.name, "error.type": error.kind})
+            telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": error.kind})
             raise error from None
-        return reply  # successes are counted per request (sidecar.requests, sidecar.attempts)
+        telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": "ok"})
+        return reply
 
 
 def _fail(ctx: RequestContext, target: Target, error: UpstreamError) -> None:
