@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.anthropic_upstream import FakeAnthropic
+from tests.support.otlp import OtlpReceiver
 from tests.support.redis import RedisServer
 from tests.support.upstream import FakeOpenAI
 
@@ -29,3 +30,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def otlp() -> AsyncIterator[OtlpReceiver]:
+    """A real OTLP/HTTP (protobuf) receiver on a random loopback port."""
+    receiver = await OtlpReceiver().start()
+    yield receiver
+    await receiver.stop()

@@ -5,6 +5,7 @@ metrics are built from policy names, token counts and error classes only."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,7 +25,13 @@ _CIRCUIT_VALUE = {"closed": 0, "half-open": 1, "open": 2}
 
 class Telemetry:
     def __init__(self, env: Mapping[str, str]) -> None:
-        self._tracer_provider, self._meter_provider, self.reader = build(env)
+        providers = build(env)
+        self._tracer_provider = providers.tracer
+        self._meter_provider = providers.meter
+        self._span_exporter = providers.span_exporter
+        self._metric_export = providers.metric_export
+        self.reader = providers.local
+        self.started_at = time.time()
         self.tracing = self._tracer_provider is not None
         self.tracer = (
             self._tracer_provider.get_tracer("llm-sidecar")
@@ -55,7 +62,7 @@ class Telemetry:
         self.saved = meter.create_counter("sidecar.cache.saved", unit="USD")
         self.outputs = meter.create_counter("sidecar.output.validations", unit="{output}")
         self._circuits: Any = None
-        meter.create_observable_gauge(
+        self.circuit_state = meter.create_observable_gauge(
             "sidecar.circuit.state",
             callbacks=[self._observe_circuits],
             description="0 closed, 1 half-open, 2 open",
@@ -116,7 +123,7 @@ class Telemetry:
     def stats(self) -> dict[str, Any]:
         """The cumulative metrics of this process, as plain JSON (for `llm-sidecar top`)."""
         data = self.reader.get_metrics_data()
-        out: dict[str, Any] = {"at": time.time(), "metrics": {}}
+        out: dict[str, Any] = {"at": time.time(), "started_at": self.started_at, "metrics": {}}
         if data is None:
             return out
         for rm in data.resource_metrics:
@@ -138,10 +145,40 @@ class Telemetry:
                     out["metrics"][metric.name] = {"unit": metric.unit, "points": points}
         return out
 
-    def shutdown(self) -> None:
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export what was recorded so far, now. Blocks on the exporters' threads: call it
+        off the event loop (a receiver served by the same loop would never answer)."""
+        ok = True
         if self._tracer_provider is not None:
-            self._tracer_provider.shutdown()
-        self._meter_provider.shutdown()
+            ok = self._tracer_provider.force_flush(int(timeout * 1000))
+        if self._metric_export is not None:
+            ok = self._metric_export.export() and ok
+        return ok
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Flush and stop the exporters, giving up after about `timeout` seconds.
+
+        The SDK's own shutdown waits up to 30 s for the span exporter, which retries an
+        unreachable collector for its whole 10 s export timeout: a pod's exit must not
+        wait on a collector that is down. Spans and metrics still unsent then are lost.
+        Traces and metrics shut down side by side, so the bound holds for both."""
+        deadline = time.monotonic() + timeout
+        stopping: list[tuple[threading.Thread, Any]] = []
+        if self._tracer_provider is not None:
+            stopping.append((_thread(self._tracer_provider.shutdown), self._span_exporter))
+        if self._metric_export is not None:
+            stopping.append((_thread(self._metric_export.close), self._metric_export.exporter))
+        for thread, exporter in stopping:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive() and exporter is not None:
+                exporter.shutdown()  # ends its retry wait; the thread then finishes
+        self._meter_provider.shutdown()  # only the in-process reader: nothing to wait for
+
+
+def _thread(target: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, name="otel-shutdown", daemon=True)
+    thread.start()
+    return thread
 
 
 def fail(span: Span | None, error_type: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 
+from sidecar.errors import CIRCUIT_OPEN
 from sidecar.pipeline.context import RequestContext
 from sidecar.telemetry.recorder import OPERATION
 
@@ -24,9 +25,11 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
     route = ctx.route.name if ctx.route else "(none)"
     model = ctx.answered_by
     operation = OPERATION.get(ctx.operation, ctx.operation)
+    requested = str(ctx.client_body.get("model", ""))
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": operation,
-        "gen_ai.request.model": str(ctx.client_body.get("model", "")),
+        # Unrouted requests name any model they like: not a bounded metric attribute.
+        "gen_ai.request.model": requested if ctx.route else "(unrouted)",
         "sidecar.route": route,
         "http.response.status_code": status,
     }
@@ -38,25 +41,28 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         attrs["error.type"] = error
     tel.duration.record(elapsed, attrs)
     tel.requests.add(1, attrs)
-    if ctx.attempts > 1:
-        tel.retries.add(ctx.attempts - 1, {"sidecar.route": route})
-    if ctx.failures and model is not None:
-        tel.fallbacks.add(
-            1, {"sidecar.route": route, "sidecar.fallback_reason": ctx.failures[-1].error.kind}
-        )
+    retries = _retries(ctx)
+    if retries:
+        tel.retries.add(retries, {"sidecar.route": route})
+    reason = _fallback_reason(ctx)
+    if reason is not None:
+        tel.fallbacks.add(1, {"sidecar.route": route, "sidecar.fallback_reason": reason})
     if ctx.first_chunk_at is not None:
         tel.ttft.record(ctx.first_chunk_at - ctx.started, attrs)
     if model is not None:
         token_attrs = {k: v for k, v in attrs.items() if k != "http.response.status_code"}
+        cost_attrs = {"sidecar.route": route, "sidecar.model": model.name}
         if config.user_attribute:
-            token_attrs["sidecar.user"] = tel.user_attribute(ctx.user, config.max_users)
+            user = tel.user_attribute(ctx.user, config.max_users)
+            token_attrs["sidecar.user"] = cost_attrs["sidecar.user"] = user
         tel.tokens.record(ctx.input_tokens, {**token_attrs, "gen_ai.token.type": "input"})
         tel.tokens.record(ctx.output_tokens, {**token_attrs, "gen_ai.token.type": "output"})
         if ctx.cost_usd:
-            tel.cost.add(ctx.cost_usd, {"sidecar.route": route, "sidecar.model": model.name})
+            tel.cost.add(ctx.cost_usd, cost_attrs)
     if span is None:
         return
     span.set_attributes(attrs)
+    span.set_attribute("gen_ai.request.model", requested)  # a span may say what was asked
     span.set_attribute("sidecar.policy_version", ctx.snapshot.version)
     span.set_attribute("sidecar.attempts", ctx.attempts)
     if ctx.user and config.identity_in_spans:
@@ -70,12 +76,33 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
             span.set_attribute("sidecar.cost_usd", ctx.cost_usd)
         if ctx.finish_reasons:
             span.set_attribute("gen_ai.response.finish_reasons", ctx.finish_reasons)
-    if ctx.failures and model is not None:
-        span.set_attribute("sidecar.fallback_reason", ctx.failures[-1].error.kind)
+    if reason is not None:
+        span.set_attribute("sidecar.fallback_reason", reason)
     if ctx.downgraded_by:
         span.set_attribute("sidecar.downgraded_by", ctx.downgraded_by)
     if status >= 500 or error is not None:
         span.set_status(Status(StatusCode.ERROR))
+
+
+def _retries(ctx: RequestContext) -> int:
+    """Calls beyond the first to each model: same-target retries (and validation
+    retries), not the first call to a fallback target."""
+    called = {f.model for f in ctx.failures if f.error.kind != CIRCUIT_OPEN}
+    if ctx.answered_by is not None:
+        called.add(ctx.answered_by.name)
+    return max(0, ctx.attempts - len(called))
+
+
+def _fallback_reason(ctx: RequestContext) -> str | None:
+    """Why another model answered: the last failure of a model other than the one that
+    did. None when there was no answer, or it came from the first model tried (after
+    retries, perhaps)."""
+    if ctx.answered_by is None:
+        return None
+    for failure in reversed(ctx.failures):
+        if failure.model != ctx.answered_by.name:
+            return failure.error.kind
+    return None
 
 
 def trace_id(span: Span | None) -> str | None:

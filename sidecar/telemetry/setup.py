@@ -2,29 +2,32 @@
 
 OTEL_EXPORTER_OTLP_ENDPOINT (or the _TRACES_/_METRICS_ variants) turns export on;
 OTEL_EXPORTER_OTLP_PROTOCOL picks grpc or http/protobuf (the default); OTEL_SERVICE_NAME,
-OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG) and OTEL_METRIC_EXPORT_INTERVAL are
-read by the SDK itself; OTEL_SDK_DISABLED=true turns everything off. Kubernetes pod,
-namespace and node come from the downward-API variables K8S_POD_NAME, K8S_NAMESPACE_NAME
-and K8S_NODE_NAME when the chart sets them.
+OTEL_RESOURCE_ATTRIBUTES, OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT and OTEL_SDK_DISABLED=true
+(no tracing, no export; `/stats` keeps counting) are read from the environment given; the
+SDK reads the rest itself from
+os.environ (OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_*, exporter headers and timeouts). Kubernetes
+pod, namespace and node come from the downward-API variables K8S_POD_NAME,
+K8S_NAMESPACE_NAME and K8S_NODE_NAME when the chart sets them. Metrics are exported with
+cumulative temporality (the reader that serves `/stats` is the one exported).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    InMemoryMetricReader,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from sidecar import __version__
+from sidecar.telemetry.export import MetricExport
 
 log = logging.getLogger("sidecar.telemetry")
 
@@ -94,10 +97,25 @@ def _on(env: Mapping[str, str], *names: str) -> bool:
 
 
 def resource(env: Mapping[str, str]) -> Resource:
+    """Ours, then the downward API's, then OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME:
+    later wins. Read from `env` here, because `Resource.create` lets the attributes it is
+    given override the ones it reads from os.environ itself."""
     attrs: dict[str, str] = {"service.name": "llm-sidecar", "service.version": __version__}
     attrs.update({attr: env[var] for var, attr in _K8S.items() if env.get(var)})
-    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over these.
+    attrs.update(_pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    if env.get("OTEL_SERVICE_NAME"):
+        attrs["service.name"] = env["OTEL_SERVICE_NAME"]
     return Resource.create(attrs)
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """`key1=value1,key2=value2` (values percent-encoded), as the specification has it."""
+    out = {}
+    for item in text.split(","):
+        key, sep, val = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = unquote(val.strip())
+    return out
 
 
 def views() -> list[View]:
@@ -121,31 +139,58 @@ def views() -> list[View]:
     ]
 
 
-def build(
-    env: Mapping[str, str],
-) -> tuple[TracerProvider | None, MeterProvider, InMemoryMetricReader]:
+@dataclass(frozen=True, slots=True)
+class Providers:
+    tracer: TracerProvider | None  # None: no trace export configured (or the SDK disabled)
+    meter: MeterProvider
+    local: InMemoryMetricReader  # always there: `/stats` and `llm-sidecar top` read it
+    span_exporter: SpanExporter | None  # kept to cut its retries short at shutdown
+    metric_export: MetricExport | None  # pushes `local`'s data over OTLP
+
+
+def build(env: Mapping[str, str]) -> Providers:
     """Providers for this process. Metrics always go to the in-process reader (for
     `/stats` and `llm-sidecar top`); OTLP export only when an endpoint is configured."""
     local = InMemoryMetricReader()
     disabled = env.get("OTEL_SDK_DISABLED", "").lower() == "true"
     res = resource(env)
-    readers: list[MetricReader] = [local]
     tracer_provider = None
+    span_exporter = None
+    metric_export = None
     if not disabled and _on(
         env, "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
     ):
-        readers.append(PeriodicExportingMetricReader(_metric_exporter(env)))
+        metric_export = MetricExport(
+            local,
+            _metric_exporter(env),
+            _millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
+            _millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000,
+        )
+        log.info("telemetry: exporting metrics over OTLP (%s)", _protocol(env, "METRICS"))
     if not disabled and _on(
         env, "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
+        span_exporter = _span_exporter(env)
         tracer_provider = TracerProvider(resource=res)
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(env)))
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         log.info("telemetry: exporting traces over OTLP (%s)", _protocol(env, "TRACES"))
-    return (
-        tracer_provider,
-        MeterProvider(resource=res, metric_readers=readers, views=views()),
-        local,
-    )
+    meter = MeterProvider(resource=res, metric_readers=[local], views=views())
+    # With OTEL_SDK_DISABLED=true in os.environ the SDK hands out no-op meters; here it
+    # means no tracing and no export, while `/stats` and `llm-sidecar top` keep counting.
+    meter._disabled = False
+    return Providers(tracer_provider, meter, local, span_exporter, metric_export)
+
+
+def _millis(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name) or os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = 0
+    if value <= 0:
+        log.warning("telemetry: %s=%r is not a positive number of ms; using %g", name, raw, default)
+        return default
+    return value
 
 
 def _protocol(env: Mapping[str, str], signal: str) -> str:

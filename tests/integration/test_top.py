@@ -1,0 +1,96 @@
+"""`llm-sidecar top --once` as a user runs it: a separate process reading the ops port of a
+sidecar that has served real traffic, its numbers checked against what was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+
+import openai
+
+from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.upstream import FakeOpenAI
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def top_once(ops_port: int) -> str:
+    proc = await asyncio.create_subprocess_exec(  # the sidecar runs on this test's loop
+        sys.executable,
+        "-m",
+        "sidecar",
+        "top",
+        "--once",
+        "--ops",
+        f"http://127.0.0.1:{ops_port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def row(text: str, first: str) -> list[str]:
+    return next(line.split() for line in text.splitlines() if line.split()[:1] == [first])
+
+
+def seconds(cell: str) -> float:
+    number = float(re.sub(r"[a-z]+$", "", cell))
+    return number / 1000 if cell.endswith("ms") else number
+
+
+async def test_top_once_shows_counts_percentiles_users_and_circuits(
+    tmp_path: Path, upstream: FakeOpenAI
+):
+    write_policy(
+        tmp_path / "p",
+        "p.yaml",
+        f"""\
+        providers:
+          main: {{type: openai, base_url: {upstream.base_url}}}
+        models:
+          f: {{provider: main, name: up-f, price: {{input: 1000, output: 2000}}}}
+          s: {{provider: main, name: up-s, circuit: {{consecutive_failures: 5}}}}
+        routes:
+          fast: {{targets: [f]}}
+          slow: {{targets: [s]}}
+        telemetry: {{user_attribute: true, max_users: 10}}
+        """,
+    )
+    upstream.behave("up-s", delay=0.2)
+    sc = await start_sidecar(tmp_path / "p")
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0
+        ) as client:
+            for i in range(12):
+                await client.chat.completions.create(
+                    model="fast", messages=MESSAGES, extra_headers={"x-sidecar-user": f"u{i % 2}"}
+                )
+            await asyncio.gather(
+                *(client.chat.completions.create(model="slow", messages=MESSAGES) for _ in range(8))
+            )
+        text = await top_once(sc.ops_port)
+    finally:
+        await sc.stop()
+
+    assert "requests" in text
+    assert re.search(r"requests\s+[\d.]+/s \(20\)", text), text
+    fast, slow = row(text, "fast"), row(text, "slow")
+    # ROUTE REQ/S ERR% P50 P95 P99 REQUESTS TOK-IN TOK-OUT COST
+    assert fast[6] == "12"
+    assert slow[6] == "8"
+    assert fast[2] == slow[2] == "0.0%"
+    # Each slow request took a little over 200 ms (more for the first connections): its
+    # median lies in the (160, 320] ms bucket of the conventions' boundaries, interpolated
+    # within it; the fast ones' in the first buckets.
+    assert 0.16 < seconds(slow[3]) <= 0.32, text
+    assert seconds(fast[3]) <= 0.04, text
+    assert (fast[7], fast[8]) == ("84", "36")  # 12 x 7 and 12 x 3 tokens
+    assert float(fast[9]) == 12 * (7 * 1000 + 3 * 2000) / 1e6
+    assert row(text, "u0")[1:3] == ["42", "18"]  # 6 requests each
+    assert row(text, "u1")[1:3] == ["42", "18"]
+    assert row(text, "s")[1] == "closed"  # the model with a circuit breaker
