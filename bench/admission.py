@@ -73,14 +73,19 @@ async def measure(holder: PolicyHolder, model: str, n: int) -> list[float]:
     return samples
 
 
+def write_policy(tmp: Path, backend: str) -> Path:
+    folder = tmp / "p"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(textwrap.dedent(POLICY).replace("BACKEND", backend))
+    return folder
+
+
 async def main(n: int) -> None:
     print(f"admit + finish, {n} requests each, in-process (ms)")
     print(f"{'backend':8} {'route':8} {'p50':>7} {'p99':>7}")
     for backend in ("memory", "sqlite"):
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp, "p")
-            folder.mkdir()
-            (folder / "p.yaml").write_text(textwrap.dedent(POLICY).replace("BACKEND", backend))
+            folder = write_policy(Path(tmp), backend)
             holder = PolicyHolder(folder, {}, Path(tmp))
             assert await holder.reload(), holder.last.problems
             for model in ("free", "limited"):
