@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
@@ -174,7 +174,14 @@ def build(env: Mapping[str, str]) -> Providers:
         tracer_provider = TracerProvider(resource=res)
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         log.info("telemetry: exporting traces over OTLP (%s)", _protocol(env, "TRACES"))
-    meter = MeterProvider(resource=res, metric_readers=[local], views=views())
+    # No exemplars: sampling them looks up the current span on every measurement, and the
+    # request path records several per request.
+    meter = MeterProvider(
+        resource=res,
+        metric_readers=[local],
+        views=views(),
+        exemplar_filter=AlwaysOffExemplarFilter(),
+    )
     # With OTEL_SDK_DISABLED=true in os.environ the SDK hands out no-op meters; here it
     # means no tracing and no export, while `/stats` and `llm-sidecar top` keep counting.
     meter._disabled = False
