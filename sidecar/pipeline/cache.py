@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import orjson
 
 from sidecar.errors import SidecarError
@@ -145,8 +144,10 @@ def _serve(ctx: RequestContext, raw: bytes, how: str) -> Reply:
     return Reply(body=orjson.dumps(answer))
 
 
-async def _embed(ctx: RequestContext, policy: CachePolicy) -> np.ndarray:
+async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
     """The prompt's embedding, through our own provider layer; its cost is the request's."""
+    import numpy as np  # only semantic caches need it
+
     model = policy.embedding
     assert model is not None
     messages = ctx.client_body.get("messages") or []

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.model import (
@@ -336,6 +334,9 @@ class _Compiler:
 
     def schema(self, e: _Entry) -> Any:
         """A compiled validator, or None after reporting where the schema is wrong."""
+        from jsonschema import Draft202012Validator  # only policies with schemas load it
+        from jsonschema.exceptions import SchemaError
+
         try:
             Draft202012Validator.check_schema(e.body)
         except SchemaError as exc:

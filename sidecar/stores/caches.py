@@ -5,10 +5,13 @@ single-flight coalescing."""
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from sidecar.policy.model import CachePolicy
-from sidecar.stores.answers import Answers, MemoryAnswers, RedisAnswers
-from sidecar.stores.semantic import SemanticIndex
+from sidecar.stores.answers import Answers, MemoryAnswers
+
+if TYPE_CHECKING:
+    from sidecar.stores.semantic import SemanticIndex
 
 
 class Caches:
@@ -20,12 +23,19 @@ class Caches:
         found = self._caches.get(policy)
         if found is None:
             url = policy.url if policy.store == "redis" else None
-            answers: Answers = (
-                RedisAnswers(url)
-                if url
-                else MemoryAnswers(policy.ttl, policy.max_entries, policy.max_bytes)
-            )
-            index = SemanticIndex(url) if policy.semantic else None
+            answers: Answers
+            if url:
+                from sidecar.stores.answers_redis import RedisAnswers  # the client only when used
+
+                answers = RedisAnswers(url)
+            else:
+                answers = MemoryAnswers(policy.ttl, policy.max_entries, policy.max_bytes)
+            index = None
+            if policy.semantic:
+                # numpy and usearch cost ~20 MB of RSS: loaded only when a policy needs them.
+                from sidecar.stores.semantic import SemanticIndex
+
+                index = SemanticIndex(url)
             found = self._caches[policy] = (answers, index)
         return found
 

@@ -6,8 +6,6 @@ from typing import Any
 
 import orjson
 from cachetools import LRUCache
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from sidecar.errors import InvalidRequest
 
@@ -23,6 +21,9 @@ class Validators:
         key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
         validator = self._cache.get(key)
         if validator is None:
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
