@@ -714,6 +714,10 @@ def check_tools() -> None:
         sys.exit(2)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="sidecar overhead vs. calling the upstream directly")
     p.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy)")
@@ -748,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     check_tools()
+    # SIGTERM (a CI timeout, `kill`) must still stop the children, which run in their own
+    # sessions: turn it into an exception so the `finally` below runs.
+    signal.signal(signal.SIGTERM, _terminated)
     warmup, seconds, ttft_seconds = (1, 2, 2.0) if args.quick else (2, 6, 5.0)
     py = str(VENV_PY) if VENV_PY.exists() else sys.executable
     os.sched_setaffinity(0, {int(CLIENT_CPU)})  # this script's own work stays off CPU 0

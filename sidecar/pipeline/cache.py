@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.errors import SidecarError
+from sidecar.errors import SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.pricing import cost_usd
 from sidecar.pipeline.synth import events_from_completion, replay
@@ -87,9 +87,11 @@ async def lookup(ctx: RequestContext) -> Reply | None:
             hit = await answers.get(ctx.cache_key)
             if hit is not None:
                 return _serve(ctx, hit, "hit")
-            if index is not None:
-                vector = await _embed(ctx, policy)
-                ctx.cache_vector = (prefix + _digest(params), vector)
+        vector = await _embed(ctx, policy) if index is not None else None
+        if vector is not None:  # also on refresh, so the fresh answer is findable
+            assert index is not None
+            ctx.cache_vector = (prefix + _digest(params), vector)
+            if control != "refresh":
                 found = await index.search(ctx.cache_vector[0], vector, time.time())
                 if found is not None and found[1] >= policy.similarity:
                     hit = await answers.get(found[0])
@@ -145,7 +147,9 @@ def _serve(ctx: RequestContext, raw: bytes, how: str) -> Reply:
 
 
 async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
-    """The prompt's embedding, through our own provider layer; its cost is the request's."""
+    """The prompt's embedding, through our own provider layer; its cost is the request's.
+    None when the embedding model fails: the cache is an optimisation, so the request goes
+    on with the exact key only instead of failing with the embedder."""
     import numpy as np  # only semantic caches need it
 
     model = policy.embedding
@@ -158,11 +162,17 @@ async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
             (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
     provider = ctx.snapshot.providers[model.provider]
-    reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
-    answer = orjson.loads(reply.body)
+    try:
+        reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
+        answer = orjson.loads(reply.body)
+        raw = answer["data"][0]["embedding"]
+    except (UpstreamError, orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        why = exc.message if isinstance(exc, UpstreamError) else exc.__class__.__name__
+        log.warning("semantic cache: embedding failed (%s); exact lookup only", why)
+        return None
     tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
     ctx.cost_usd = (ctx.cost_usd or 0.0) + cost_usd(model.price, tokens, 0, 0)
-    vector = np.asarray(answer["data"][0]["embedding"], dtype=np.float32)
+    vector = np.asarray(raw, dtype=np.float32)
     norm = float(np.linalg.norm(vector)) or 1.0
     return vector / norm
 
@@ -233,5 +243,5 @@ async def purge(ctx_stores: Any, cache: str, route: str) -> int:
     for answers, index in ctx_stores.caches.by_name(cache):
         removed += await answers.purge(f"c:{cache}:{route}:")
         if index is not None:
-            index.drop(f"c:{cache}:{route}:")
+            await index.drop(f"c:{cache}:{route}:")
     return removed

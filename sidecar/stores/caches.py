@@ -35,7 +35,7 @@ class Caches:
                 # numpy and usearch cost ~20 MB of RSS: loaded only when a policy needs them.
                 from sidecar.stores.semantic import SemanticIndex
 
-                index = SemanticIndex(url)
+                index = SemanticIndex(url, max_entries=policy.max_entries)
             found = self._caches[policy] = (answers, index)
         return found
 
