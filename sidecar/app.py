@@ -21,10 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.api import anthropic as anthropic_api
+from sidecar.api import batches as batches_api
+from sidecar.api import jobs as jobs_api
 from sidecar.api import openai as openai_api
 from sidecar.api import ops
 from sidecar.api import usage as usage_api
-from sidecar.api.keys import HOLDER, LIFECYCLE, USAGE_TOKEN
+from sidecar.api.keys import HOLDER, JOBS, LIFECYCLE, USAGE_TOKEN
+from sidecar.jobs.runtime import JobsRuntime
 from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
 from sidecar.telemetry.recorder import Telemetry
@@ -46,16 +49,35 @@ class Settings:
     watch: bool = True
 
 
-def proxy_app(holder: PolicyHolder, lifecycle: dict[str, Any], max_body: int) -> web.Application:
+def proxy_app(
+    holder: PolicyHolder, lifecycle: dict[str, Any], max_body: int, jobs: JobsRuntime
+) -> web.Application:
     app = web.Application(client_max_size=max_body)
     app[HOLDER] = holder
     app[LIFECYCLE] = lifecycle
+    app[JOBS] = jobs
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
     app.router.add_post("/v1/embeddings", openai_api.embeddings)
     app.router.add_get("/v1/models", openai_api.models)
     app.router.add_post("/v1/messages", anthropic_api.messages)
+    add_jobs_routes(app)
     app.router.add_route("*", "/{tail:.*}", openai_api.unknown_endpoint)
     return app
+
+
+def add_jobs_routes(app: web.Application) -> None:
+    """Async jobs and OpenAI's Files and Batch API (sidecar/jobs)."""
+    app.router.add_post("/v1/jobs", jobs_api.submit)
+    app.router.add_get("/v1/jobs", jobs_api.listing)
+    app.router.add_get("/v1/jobs/{job_id}", jobs_api.get)
+    app.router.add_post("/v1/files", batches_api.upload)
+    app.router.add_get("/v1/files/{file_id}", batches_api.file_info)
+    app.router.add_delete("/v1/files/{file_id}", batches_api.delete_file)
+    app.router.add_get("/v1/files/{file_id}/content", batches_api.file_content)
+    app.router.add_post("/v1/batches", batches_api.create)
+    app.router.add_get("/v1/batches", batches_api.listing)
+    app.router.add_get("/v1/batches/{batch_id}", batches_api.retrieve)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", batches_api.cancel)
 
 
 def ops_app(holder: PolicyHolder, lifecycle: dict[str, Any], usage_token: str) -> web.Application:
@@ -84,6 +106,7 @@ class Sidecar:
         self.settings = settings
         self.telemetry = Telemetry(os.environ if env is None else env)
         self.holder = PolicyHolder(settings.policies, env, settings.state_dir, self.telemetry)
+        self.jobs = JobsRuntime(self.holder, settings.state_dir)
         self.lifecycle: dict[str, Any] = {"draining": False}
         self._runners: list[web.AppRunner] = []
         self._sockets: list[socket.socket] = []
@@ -101,8 +124,10 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         await self.holder.reload()
+        await self.jobs.start()
+        proxy = proxy_app(self.holder, self.lifecycle, s.max_body, self.jobs)
         for app, host, port, timeout in (
-            (proxy_app(self.holder, self.lifecycle, s.max_body), s.host, s.port, s.drain_timeout),
+            (proxy, s.host, s.port, s.drain_timeout),
             (ops_app(self.holder, self.lifecycle, s.usage_token), s.ops_host, s.ops_port, 1.0),
         ):
             runner = web.AppRunner(
@@ -128,8 +153,12 @@ class Sidecar:
         self.lifecycle["draining"] = True
         self._stop_watching.set()
         proxy, ops_runner = self._runners
+        # Jobs in flight get the drain time too, alongside requests; then back to the queue.
+        jobs = asyncio.create_task(self.jobs.stop_workers(self.settings.drain_timeout))
         await proxy.cleanup()  # stops accepting, then waits for requests in flight
         await ops_runner.cleanup()
+        await jobs
+        await self.jobs.close()
         if self._watcher is not None:
             await self._watcher
         await self.holder.close()

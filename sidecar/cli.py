@@ -87,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("-n", "--interval", type=float, default=2.0, help="seconds between polls")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+
+    from sidecar.jobs import cli as jobs_cli  # `worker` and `jobs submit|status|results`
+
+    jobs_cli.add_parsers(sub)
     return p
 
 
@@ -109,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.top import run as top
 
         return top(args.ops, args.interval, args.once)
+    if args.command in ("worker", "jobs"):
+        from sidecar.jobs import cli as jobs_cli
+
+        return jobs_cli.run(args)
     return serve(args)
 
 

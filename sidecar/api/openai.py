@@ -16,7 +16,10 @@ from sidecar.api.proxy import JSON, Dialect, error_response, not_ready, proxy
 from sidecar.errors import InvalidRequest, SidecarError
 from sidecar.providers.base import CHAT, EMBEDDINGS
 
-ENDPOINTS = "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages"
+ENDPOINTS = (
+    "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages, "
+    "/v1/jobs, /v1/files, /v1/batches"
+)
 
 
 def _same(body: dict[str, Any]) -> dict[str, Any]:

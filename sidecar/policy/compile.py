@@ -19,6 +19,7 @@ import orjson
 
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.model import (
+    DEFAULT_JOBS_PATH,
     DEFAULT_STATE_PATH,
     Admission,
     Budget,
@@ -26,6 +27,7 @@ from sidecar.policy.model import (
     Circuit,
     Condition,
     Hedge,
+    JobsConfig,
     Limit,
     MockSettings,
     Model,
@@ -114,7 +116,9 @@ def _compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
     # A name defined twice keeps its first definition, so the cross-checks below still
     # hold and a run reports them too, not only the duplicate.
     sections = _merge(docs, problems)
-    policy = _Compiler(sections, problems).policy(content_hash(files), tuple(f.name for f in files))
+    policy = _Compiler(sections, problems, env).policy(
+        content_hash(files), tuple(f.name for f in files)
+    )
     if problems:
         raise PolicyInvalid(problems)
     return policy
@@ -153,9 +157,15 @@ def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str,
 
 
 class _Compiler:
-    def __init__(self, sections: dict[str, dict[str, _Entry]], problems: list[Problem]) -> None:
+    def __init__(
+        self,
+        sections: dict[str, dict[str, _Entry]],
+        problems: list[Problem],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.sections = sections
         self.problems = problems
+        self.env = env or {}
 
     def policy(self, version: str, files: tuple[str, ...]) -> Policy:
         providers = {e.name: self.provider(e) for e in self.sections["providers"].values()}
@@ -193,6 +203,7 @@ class _Compiler:
             limits=limits,
             budgets=budgets,
             admission=admission,
+            jobs=self.jobs(),
         )
 
     def state(self) -> StateConfig:
@@ -207,6 +218,48 @@ class _Compiler:
             url=b.get("url"),
             on_error=b.get("on_error", "open"),
             flush_interval=_seconds(b.get("flush_interval"), 1.0),
+        )
+
+    def jobs(self) -> JobsConfig | None:
+        entry = self.sections["jobs"].get("jobs")
+        if entry is None:
+            return None
+        b = entry.body
+        url = b.get("url") or self._state_url()
+        backend = b.get("backend", "sqlite")
+        if backend == "redis" and url is None:
+            self.problems.append(entry.problem("jobs: backend redis needs a url (or state.url)"))
+        secret = ""
+        name = b.get("webhook_secret_env")
+        if name is not None:
+            secret = self.env.get(name) or ""
+            if not secret:
+                self.problems.append(
+                    entry.problem(
+                        f"jobs.webhook_secret_env: environment variable '{name}' is not set",
+                        "webhook_secret_env",
+                    )
+                )
+        allow = tuple(h.lower() for h in b.get("webhook_allow") or ())
+        if allow and name is None:
+            self.problems.append(
+                entry.problem(
+                    "jobs.webhook_allow needs webhook_secret_env: webhooks are always signed",
+                    "webhook_allow",
+                )
+            )
+        return JobsConfig(
+            backend=backend,
+            path=b.get("path", DEFAULT_JOBS_PATH),
+            url=url if backend == "redis" else None,
+            workers=b.get("workers", 2),
+            max_attempts=b.get("max_attempts", 3),
+            retry_backoff=_seconds(b.get("retry_backoff"), 1.0),
+            visibility_timeout=_seconds(b.get("visibility_timeout"), 300.0),
+            poll_interval=_seconds(b.get("poll_interval"), 0.25),
+            webhook_allow=allow,
+            webhook_secret=Secret(secret),
+            webhook_attempts=b.get("webhook_attempts", 5),
         )
 
     def telemetry(self) -> TelemetryConfig:

@@ -213,6 +213,31 @@ class TelemetryConfig:
     max_users: int = 100
 
 
+DEFAULT_JOBS_PATH = "llm-sidecar-jobs.db"
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """The `jobs:` section: where the queue lives and how its workers behave."""
+
+    backend: str = "sqlite"
+    path: str = DEFAULT_JOBS_PATH  # relative: under the sidecar's --state-dir
+    url: str | None = None
+    workers: int = 2
+    max_attempts: int = 3
+    retry_backoff: float = 1.0  # before the second attempt; doubles each time, up to 5m
+    visibility_timeout: float = 300.0  # a claim not renewed for this long is taken back
+    poll_interval: float = 0.25
+    webhook_allow: tuple[str, ...] = ()  # host patterns (fnmatch), optionally host:port
+    webhook_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    webhook_attempts: int = 5
+
+    @property
+    def queue_key(self) -> tuple[str, str, str | None]:
+        """What identifies the queue itself: a change of anything else keeps it open."""
+        return (self.backend, self.path, self.url)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     version: str
@@ -227,3 +252,4 @@ class Policy:
     budgets: Mapping[str, Budget] = field(default_factory=dict)
     admission: Mapping[str, Admission] = field(default_factory=dict)  # by route name
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    jobs: JobsConfig | None = None  # None: no `jobs:` section, the jobs API is off

@@ -218,6 +218,22 @@ TELEMETRY: dict[str, Any] = {
 }
 
 
+# Async jobs and batches (sidecar/jobs): the queue, its workers and webhooks.
+JOBS: dict[str, Any] = {
+    "backend": {"type": "string", "allowed": ["sqlite", "redis"]},
+    "path": {"type": "string", "empty": False},  # sqlite file, relative to --state-dir
+    "url": {"type": "string", "regex": r"rediss?://.+"},  # redis; default state.url
+    "workers": {"type": "integer", "min": 0, "max": 256},  # in this process
+    "max_attempts": {"type": "integer", "min": 1, "max": 100},
+    "retry_backoff": DURATION,
+    "visibility_timeout": DURATION,
+    "poll_interval": DURATION,
+    "webhook_allow": {"type": "list", "schema": {"type": "string", "empty": False}},
+    "webhook_secret_env": {"type": "string", "regex": r"[A-Za-z_][A-Za-z0-9_]*"},
+    "webhook_attempts": {"type": "integer", "min": 1, "max": 20},
+}
+
+
 def _named(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "dict",
@@ -243,11 +259,12 @@ POLICY_FILE: dict[str, Any] = {
     "cache": _named(CACHE),
     "state": {"type": "dict", "schema": STATE},
     "telemetry": {"type": "dict", "schema": TELEMETRY},
+    "jobs": {"type": "dict", "nullable": True, "schema": JOBS},  # `jobs:` alone: defaults
 }
 
 # Named sections merge across files by entry name; the others may appear in one file only.
 SECTIONS = ("providers", "models", "routes", "limits", "budgets", "schemas", "cache")
-SINGLE_SECTIONS = ("state", "telemetry")
+SINGLE_SECTIONS = ("state", "telemetry", "jobs")
 
 
 class _Validator(cerberus.Validator):  # type: ignore[misc]

@@ -1,0 +1,115 @@
+"""The command lines of the jobs system: `llm-sidecar worker` and `llm-sidecar jobs ...`.
+
+Kept here so `sidecar/cli.py` only registers them; nothing heavy is imported until a
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+COMMANDS = ("worker", "jobs")
+
+
+def _sidecar_url() -> str:
+    port = os.environ.get("SIDECAR_PORT", "8480")
+    return os.environ.get("SIDECAR_URL", f"http://127.0.0.1:{port}")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = sub.add_parser("worker", help="run only job workers, on the policy's job queue")
+    worker.add_argument(
+        "--policies",
+        type=Path,
+        default=os.environ.get("SIDECAR_POLICIES"),
+        help="policy folder (default $SIDECAR_POLICIES)",
+    )
+    worker.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("SIDECAR_STATE_DIR", ".")),
+        help="folder of the sqlite job queue (default $SIDECAR_STATE_DIR or .)",
+    )
+    worker.add_argument("--workers", type=int, help="concurrent jobs (default: jobs.workers)")
+    worker.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
+    worker.add_argument(
+        "--ops-port",
+        type=int,
+        default=int(os.environ.get("SIDECAR_OPS_PORT", "8481")),
+        help="health and status port (0: none)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("SIDECAR_DRAIN_TIMEOUT", "30")),
+        help="seconds jobs in flight get after SIGTERM before they go back to the queue",
+    )
+    worker.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
+
+    jobs = sub.add_parser("jobs", help="submit batches of requests and fetch their results")
+    jobs.add_argument(
+        "--url", default=_sidecar_url(), help="the sidecar (default $SIDECAR_URL or :8480)"
+    )
+    actions = jobs.add_subparsers(dest="action", required=True)
+    submit = actions.add_parser("submit", help="run a JSONL file of requests as a batch")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--endpoint", help="default: the lines' url, else chat completions")
+    submit.add_argument("--window", default="24h", help="completion window (default 24h)")
+    submit.add_argument("--wait", action="store_true", help="show progress until done")
+    submit.add_argument("-o", "--output", type=Path, help="with --wait: write results here")
+    status = actions.add_parser("status", help="a batch (batch_...) or job (job_...)")
+    status.add_argument("id")
+    results = actions.add_parser("results", help="the results of a finished batch or job")
+    results.add_argument("id")
+    results.add_argument("-o", "--output", type=Path, help="default: stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "worker":
+        return _worker(args)
+    from sidecar.jobs import client
+
+    try:
+        if args.action == "submit":
+            return asyncio.run(
+                client.submit(
+                    args.url, args.file, args.endpoint, args.window, args.wait, args.output
+                )
+            )
+        if args.action == "status":
+            return asyncio.run(client.status(args.url, args.id))
+        return asyncio.run(client.results(args.url, args.id, args.output))
+    except (client.ClientError, OSError) as exc:
+        print(f"llm-sidecar jobs: {exc}", file=sys.stderr)
+        return 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from sidecar.jobs.process import WorkerSettings, run_worker
+
+    if args.policies is None:
+        print("llm-sidecar worker: give --policies DIR or set SIDECAR_POLICIES", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = WorkerSettings(
+        policies=args.policies,
+        state_dir=args.state_dir,
+        workers=args.workers,
+        ops_host=args.ops_host,
+        ops_port=args.ops_port,
+        grace=args.grace,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run_worker(settings))
+    else:
+        uvloop.run(run_worker(settings))
+    return 0

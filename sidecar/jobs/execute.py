@@ -1,0 +1,72 @@
+"""Run one request through the live pipeline without HTTP: what a worker does with a job.
+
+The same `pipeline.run` and `finish` as `api/proxy.py`, so a job gets its route, limits,
+budgets, cache, output validation, accounting and telemetry like a live request. Jobs ask
+at priority `low`: in a limit's waiting line they stand behind live traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDict
+
+from sidecar.errors import SidecarError
+from sidecar.jobs.model import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT
+from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.run import finish, run
+from sidecar.policy.holder import Snapshot
+from sidecar.providers.base import CHAT, EMBEDDINGS
+from sidecar.telemetry.recorder import OPERATION
+from sidecar.telemetry.request import observe
+
+OPERATIONS = {CHAT_ENDPOINT: CHAT, EMBEDDINGS_ENDPOINT: EMBEDDINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    body: bytes
+    retry_after: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # the x-sidecar-* a client would see
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+async def execute(
+    snapshot: Snapshot,
+    operation: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    app_key: str | None = None,
+    job_id: str | None = None,
+) -> Outcome:
+    """One request, start to end; never raises a `SidecarError` (it becomes the outcome).
+
+    `app_key` is the caller's key hash as `identify` made it when the job was submitted:
+    the bearer token itself is never stored with a job."""
+    request_headers = CIMultiDict(headers)
+    request_headers["x-sidecar-priority"] = "low"
+    ctx = RequestContext(operation, body, request_headers, snapshot, client_body=body)
+    ctx.app_key = app_key
+    name = f"{OPERATION.get(operation, operation)} {body.get('model')}"
+    with snapshot.telemetry.server_span(request_headers, name) as span:
+        if span is not None and job_id is not None:
+            span.set_attribute("sidecar.job.id", job_id)
+        status, error = 500, "internal"
+        try:
+            try:
+                reply = await run(ctx)
+            except SidecarError as exc:
+                status, error = exc.status, exc.code
+                return Outcome(exc.status, exc.body(), exc.retry_after, ctx.response_headers())
+            status, error = reply.status, None
+            assert reply.events is None, "jobs never stream"
+            return Outcome(reply.status, reply.body, None, ctx.response_headers())
+        finally:
+            await finish(ctx)
+            observe(ctx, span, status, error)

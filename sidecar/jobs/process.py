@@ -1,0 +1,73 @@
+"""`llm-sidecar worker`: a process that only runs jobs, for dedicated worker deployments.
+
+It loads and watches the same policy folder as the sidecars and works the same queue
+(`jobs.backend: redis` for workers in other pods; a shared SQLite file works for processes
+on one host). No proxy listener: only the ops port, for the kubelet's probes. SIGTERM
+stops claiming, gives jobs in flight `grace` seconds, and returns the rest to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.jobs.runtime import JobsRuntime
+from sidecar.policy.holder import PolicyHolder
+from sidecar.policy.watcher import watch
+from sidecar.telemetry.recorder import Telemetry
+
+log = logging.getLogger("sidecar.jobs")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    policies: Path
+    state_dir: Path = Path(".")
+    workers: int | None = None  # default: the policy's jobs.workers
+    ops_host: str = "0.0.0.0"
+    ops_port: int = 8481  # 0: no ops listener
+    grace: float = 30.0
+
+
+async def run_worker(settings: WorkerSettings) -> None:
+    from sidecar.app import _listen, ops_app  # the server stack, only when a worker runs
+
+    telemetry = Telemetry(os.environ)
+    holder = PolicyHolder(settings.policies, None, settings.state_dir, telemetry)
+    await holder.reload()
+    snapshot = holder.current
+    if snapshot is not None and snapshot.policy.jobs is None:
+        log.warning("the policy has no `jobs:` section: nothing to work on until it does")
+    jobs = JobsRuntime(holder, settings.state_dir, settings.workers)
+    await jobs.start()
+    stop_watching = asyncio.Event()
+    watcher = asyncio.create_task(watch(holder, stop_watching))
+    lifecycle: dict[str, Any] = {"draining": False}
+    runner: web.AppRunner | None = None
+    if settings.ops_port:
+        runner = web.AppRunner(ops_app(holder, lifecycle, ""), access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, _listen(settings.ops_host, settings.ops_port)).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker running, policies from %s", settings.policies)
+    await stop.wait()
+    log.info("signal received: finishing jobs for up to %.0fs", settings.grace)
+    lifecycle["draining"] = True
+    await jobs.stop(settings.grace)
+    stop_watching.set()
+    await watcher
+    if runner is not None:
+        await runner.cleanup()
+    await holder.close()
+    await asyncio.to_thread(telemetry.shutdown)
+    log.info("stopped")
