@@ -11,36 +11,25 @@ import itertools
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from sidecar.policy.compile_stages import StageSections
 from sidecar.policy.durations import parse_duration
+from sidecar.policy.entry import Entry, names, seconds, values
 from sidecar.policy.model import (
-    DEFAULT_JOBS_PATH,
-    DEFAULT_STATE_PATH,
-    Admission,
-    Budget,
-    CachePolicy,
     Circuit,
     Condition,
     Hedge,
-    JobsConfig,
-    Limit,
     MockSettings,
     Model,
-    OutputPolicy,
     Policy,
     Price,
     ProviderConfig,
     Retry,
     Route,
     RouteSet,
-    StateConfig,
     Target,
-    TelemetryConfig,
 )
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.schema import SECTIONS, SINGLE_SECTIONS, structure_errors
@@ -51,22 +40,6 @@ DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https:/
 DEFAULT_PROVIDER_TIMEOUT = 60.0
 DEFAULT_ROUTE_TIMEOUT = 120.0
 _ENV_NAME = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A named entry of a section, with where it was written."""
-
-    name: str
-    body: dict[str, Any]
-    doc: Document
-    path: tuple[str, str]
-
-    def line(self, *sub: str | int) -> int:
-        return self.doc.line_of((*self.path, *sub))
-
-    def problem(self, message: str, *sub: str | int) -> Problem:
-        return Problem(self.doc.file, self.line(*sub), message)
 
 
 def load_folder(folder: Path, env: Mapping[str, str] | None = None) -> Policy:
@@ -124,12 +97,12 @@ def _compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
     return policy
 
 
-def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str, _Entry]]:
-    sections: dict[str, dict[str, _Entry]] = {s: {} for s in (*SECTIONS, *SINGLE_SECTIONS)}
+def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str, Entry]]:
+    sections: dict[str, dict[str, Entry]] = {s: {} for s in (*SECTIONS, *SINGLE_SECTIONS)}
     for doc in docs:
         for section in SINGLE_SECTIONS:
             if section in doc.data:
-                entry = _Entry(section, doc.data[section] or {}, doc, (section,))  # type: ignore[arg-type]
+                entry = Entry(section, doc.data[section] or {}, doc, (section,))  # type: ignore[arg-type]
                 first = sections[section].get(section)
                 if first is not None:
                     problems.append(
@@ -142,7 +115,7 @@ def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str,
                 sections[section][section] = entry
         for section in SECTIONS:
             for name, body in (doc.data.get(section) or {}).items():
-                entry = _Entry(name, body, doc, (section, name))
+                entry = Entry(name, body, doc, (section, name))
                 first = sections[section].get(name)
                 if first is not None:
                     problems.append(
@@ -156,10 +129,10 @@ def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str,
     return sections
 
 
-class _Compiler:
+class _Compiler(StageSections):
     def __init__(
         self,
-        sections: dict[str, dict[str, _Entry]],
+        sections: dict[str, dict[str, Entry]],
         problems: list[Problem],
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -175,7 +148,7 @@ class _Compiler:
                 self.problems.append(
                     e.problem(
                         f"model '{e.name}' uses provider '{e.body['provider']}', which is not "
-                        f"defined (providers: {_names(providers)})",
+                        f"defined (providers: {names(providers)})",
                         "provider",
                     )
                 )
@@ -206,144 +179,7 @@ class _Compiler:
             jobs=self.jobs(),
         )
 
-    def state(self) -> StateConfig:
-        entry = self.sections["state"].get("state")
-        b = entry.body if entry else {}
-        backend = b.get("backend", "redis" if "url" in b else "sqlite")
-        if backend == "redis" and not b.get("url") and entry is not None:
-            self.problems.append(entry.problem("state: backend redis needs a url"))
-        return StateConfig(
-            backend=backend,
-            path=b.get("path", DEFAULT_STATE_PATH),
-            url=b.get("url"),
-            on_error=b.get("on_error", "open"),
-            flush_interval=_seconds(b.get("flush_interval"), 1.0),
-        )
-
-    def jobs(self) -> JobsConfig | None:
-        entry = self.sections["jobs"].get("jobs")
-        if entry is None:
-            return None
-        b = entry.body
-        url = b.get("url") or self._state_url()
-        backend = b.get("backend", "sqlite")
-        if backend == "redis" and url is None:
-            self.problems.append(entry.problem("jobs: backend redis needs a url (or state.url)"))
-        secret = ""
-        name = b.get("webhook_secret_env")
-        if name is not None:
-            secret = self.env.get(name) or ""
-            if not secret:
-                self.problems.append(
-                    entry.problem(
-                        f"jobs.webhook_secret_env: environment variable '{name}' is not set",
-                        "webhook_secret_env",
-                    )
-                )
-        allow = tuple(h.lower() for h in b.get("webhook_allow") or ())
-        if allow and name is None:
-            self.problems.append(
-                entry.problem(
-                    "jobs.webhook_allow needs webhook_secret_env: webhooks are always signed",
-                    "webhook_allow",
-                )
-            )
-        return JobsConfig(
-            backend=backend,
-            path=b.get("path", DEFAULT_JOBS_PATH),
-            url=url if backend == "redis" else None,
-            workers=b.get("workers", 2),
-            max_attempts=b.get("max_attempts", 3),
-            retry_backoff=_seconds(b.get("retry_backoff"), 1.0),
-            visibility_timeout=_seconds(b.get("visibility_timeout"), 300.0),
-            poll_interval=_seconds(b.get("poll_interval"), 0.25),
-            webhook_allow=allow,
-            webhook_secret=Secret(secret),
-            webhook_attempts=b.get("webhook_attempts", 5),
-        )
-
-    def telemetry(self) -> TelemetryConfig:
-        entry = self.sections["telemetry"].get("telemetry")
-        b = entry.body if entry else {}
-        return TelemetryConfig(
-            capture_content=b.get("capture_content", False),
-            identity_in_spans=b.get("identity_in_spans", True),
-            user_attribute=b.get("user_attribute", False),
-            max_users=b.get("max_users", 100),
-        )
-
-    def limit(self, e: _Entry) -> Limit:
-        b = e.body
-        if not any(k in b for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent")):
-            self.problems.append(
-                e.problem(
-                    f"limit '{e.name}' sets no limit: give requests_per_minute, "
-                    "tokens_per_minute or max_concurrent"
-                )
-            )
-        queue = b.get("queue") or {}
-        return Limit(
-            name=e.name,
-            scope=b["scope"],
-            values=_values(b["values"]) if "values" in b else None,
-            requests_per_minute=b.get("requests_per_minute"),
-            tokens_per_minute=b.get("tokens_per_minute"),
-            max_concurrent=b.get("max_concurrent"),
-            queue_max_wait=_seconds(queue.get("max_wait"), 0.0),
-            queue_max_size=queue.get("max_size", 1000 if queue.get("max_wait") else 0),
-        )
-
-    def budget(self, e: _Entry, models: dict[str, Model]) -> Budget:
-        b = e.body
-        on_exceed = b.get("on_exceed", "reject")
-        downgrade = b.get("downgrade_to")
-        if on_exceed == "downgrade" and downgrade is None:
-            self.problems.append(
-                e.problem(f"budget '{e.name}': on_exceed downgrade needs downgrade_to")
-            )
-        if downgrade is not None and downgrade not in models:
-            self.problems.append(
-                e.problem(
-                    f"budget '{e.name}' downgrades to model '{downgrade}', which is not defined "
-                    f"(models: {_names(models)})",
-                    "downgrade_to",
-                )
-            )
-        return Budget(
-            name=e.name,
-            scope=b["scope"],
-            values=_values(b["values"]) if "values" in b else None,
-            limit_usd=float(b["limit_usd"]),
-            window=b["window"],
-            on_exceed=on_exceed,
-            downgrade_to=models.get(downgrade) if downgrade else None,
-            warn_at=b.get("warn_at"),
-        )
-
-    def admission(
-        self, route_names: set[str], limits: dict[str, Limit], budgets: dict[str, Budget]
-    ) -> dict[str, Admission]:
-        """Which limits and budgets apply to each route, so a request looks up one entry."""
-        applies: dict[str, tuple[list[Limit], list[Budget]]] = {r: ([], []) for r in route_names}
-        for section, table in (("limits", limits), ("budgets", budgets)):
-            for name, item in table.items():
-                entry = self.sections[section][name]
-                only = entry.body.get("routes")
-                chosen = route_names if only is None else _values(only)
-                for route in sorted(chosen):
-                    if route not in applies:
-                        self.problems.append(
-                            entry.problem(
-                                f"{section[:-1]} '{name}' names route '{route}', which does not "
-                                f"exist (routes: {_names(applies)})",
-                                "routes",
-                            )
-                        )
-                        continue
-                    applies[route][0 if section == "limits" else 1].append(item)  # type: ignore[arg-type]
-        return {r: Admission(tuple(ls), tuple(bs)) for r, (ls, bs) in applies.items() if ls or bs}
-
-    def provider(self, e: _Entry) -> ProviderConfig:
+    def provider(self, e: Entry) -> ProviderConfig:
         b = e.body
         kind = b["type"]
         mock = b.get("mock") or {}
@@ -354,23 +190,23 @@ class _Compiler:
                 "/"
             ),
             api_key=Secret(b.get("api_key") or ""),
-            timeout=_seconds(b.get("timeout"), DEFAULT_PROVIDER_TIMEOUT),
+            timeout=seconds(b.get("timeout"), DEFAULT_PROVIDER_TIMEOUT),
             headers=tuple((k.lower(), v) for k, v in (b.get("headers") or {}).items()),
             max_connections=b.get("max_connections", 256),
             anthropic_version=b.get("anthropic_version", "2023-06-01"),
             max_tokens=b.get("max_tokens", 4096),
             max_concurrency=b.get("max_concurrency"),
-            concurrency_wait=_seconds(b.get("concurrency_wait"), 0.1),
+            concurrency_wait=seconds(b.get("concurrency_wait"), 0.1),
             circuit=_circuit(b.get("circuit"), None),
             mock=MockSettings(
                 reply=mock.get("reply"),
-                latency=_seconds(mock.get("latency"), 0.0),
-                chunk_delay=_seconds(mock.get("chunk_delay"), 0.0),
+                latency=seconds(mock.get("latency"), 0.0),
+                chunk_delay=seconds(mock.get("chunk_delay"), 0.0),
                 embedding_dims=mock.get("embedding_dims", 16),
             ),
         )
 
-    def model(self, e: _Entry, providers: dict[str, ProviderConfig]) -> Model:
+    def model(self, e: Entry, providers: dict[str, ProviderConfig]) -> Model:
         price = e.body.get("price") or {}
         provider = providers.get(e.body["provider"])
         return Model(
@@ -385,129 +221,7 @@ class _Compiler:
             ),
         )
 
-    def schema(self, e: _Entry) -> Any:
-        """A compiled validator, or None after reporting where the schema is wrong."""
-        from jsonschema import Draft202012Validator  # only policies with schemas load it
-        from jsonschema.exceptions import SchemaError
-
-        try:
-            Draft202012Validator.check_schema(e.body)
-        except SchemaError as exc:
-            self.problems.append(
-                e.problem(f"schema '{e.name}' is not valid JSON Schema: {exc.message}", *exc.path)
-            )
-            return None
-        return Draft202012Validator(e.body, format_checker=Draft202012Validator.FORMAT_CHECKER)
-
-    def output(self, e: _Entry, schemas: dict[str, Any]) -> OutputPolicy | None:
-        b = e.body.get("output")
-        if b is None:
-            return None
-        name = b["schema"]
-        validator = None
-        if name != "from_request":
-            if name not in self.sections["schemas"]:
-                self.problems.append(
-                    e.problem(
-                        f"route '{e.name}' validates with schema '{name}', which is not defined "
-                        f"(schemas: {_names(self.sections['schemas'])}, or from_request)",
-                        "output",
-                        "schema",
-                    )
-                )
-            validator = schemas.get(name)
-        invalid = b.get("on_invalid") or {}
-        then = invalid.get("then", "error")
-        default = b.get("default")
-        if then == "default" and default is None:
-            self.problems.append(e.problem("output: then default needs a `default`", "output"))
-        if default is not None and validator is not None:
-            errors = sorted(validator.iter_errors(default), key=lambda x: list(x.path))
-            if errors:
-                self.problems.append(
-                    e.problem(
-                        f"output.default does not match schema '{name}': {errors[0].message}",
-                        "output",
-                        "default",
-                    )
-                )
-        return OutputPolicy(
-            schema_name=name,
-            schema=self.sections["schemas"][name].body
-            if name in self.sections["schemas"]
-            else None,
-            validator=validator,
-            lenient=b.get("extract", "strict") == "lenient",
-            retries=invalid.get("retries", 1),
-            retry_next=invalid.get("retry_target", "same") == "next",
-            then=then,
-            default=orjson.dumps(default).decode() if default is not None else None,
-            native=b.get("enforce", "none") == "native",
-            stream_validate=b.get("stream_mode", "validate") == "validate",
-        )
-
-    def cache(self, e: _Entry, models: dict[str, Model]) -> CachePolicy | None:
-        name = e.body.get("cache")
-        if name is None:
-            return None
-        entry = self.sections["cache"].get(name)
-        if entry is None:
-            self.problems.append(
-                e.problem(
-                    f"route '{e.name}' uses cache '{name}', which is not defined "
-                    f"(cache: {_names(self.sections['cache'])})",
-                    "cache",
-                )
-            )
-            return None
-        b = entry.body
-        semantic = b.get("mode", "exact") == "semantic"
-        sem = b.get("semantic") or {}
-        embedding = None
-        if semantic:
-            if "model" not in sem:
-                self.problems.append(
-                    entry.problem(f"cache '{name}': mode semantic needs semantic.model")
-                )
-            elif sem["model"] not in models:
-                self.problems.append(
-                    entry.problem(
-                        f"cache '{name}' embeds with model '{sem['model']}', which is not defined",
-                        "semantic",
-                        "model",
-                    )
-                )
-            else:
-                embedding = models[sem["model"]]
-        store = b.get("store", "memory")
-        url = b.get("url")
-        if store == "redis" and url is None:
-            url = self._state_url()
-            if url is None:
-                self.problems.append(
-                    entry.problem(f"cache '{name}': store redis needs a url (or state.url)")
-                )
-        return CachePolicy(
-            name=name,
-            semantic=semantic,
-            ttl=_seconds(b.get("ttl"), 3600.0),
-            max_entries=b.get("max_entries", 10_000),
-            max_bytes=b.get("max_bytes"),
-            store=store,
-            url=url,
-            scope=b.get("scope", "user"),
-            any_temperature=b.get("any_temperature", False),
-            tools=b.get("tools", False),
-            embedding=embedding,
-            similarity=float(sem.get("similarity", 0.95)),
-            whole_conversation=sem.get("input", "last_user") == "conversation",
-        )
-
-    def _state_url(self) -> str | None:
-        entry = self.sections["state"].get("state")
-        return entry.body.get("url") if entry else None
-
-    def route(self, e: _Entry, models: dict[str, Model], schemas: dict[str, Any]) -> Route:
+    def route(self, e: Entry, models: dict[str, Model], schemas: dict[str, Any]) -> Route:
         b = e.body
         route_retry = _retry(b.get("retry"), Retry())
         targets = []
@@ -520,17 +234,17 @@ class _Compiler:
                 self.problems.append(
                     e.problem(
                         f"route '{e.name}' targets model '{name}', which is not defined "
-                        f"(models: {_names(models)})",
+                        f"(models: {names(models)})",
                         "targets",
                         i,
                     )
                 )
         match = b.get("match") or {}
         conditions = [
-            Condition("header", header.lower(), _values(v))
+            Condition("header", header.lower(), values(v))
             for header, v in (match.get("headers") or {}).items()
         ]
-        conditions += [Condition(k, "", _values(match[k])) for k in ("user", "team") if k in match]
+        conditions += [Condition(k, "", values(match[k])) for k in ("user", "team") if k in match]
         hedge = b.get("hedge")
         first_token = b.get("first_token_timeout")
         return Route(
@@ -538,7 +252,7 @@ class _Compiler:
             model=match.get("model", e.name),
             conditions=tuple(conditions),
             targets=tuple(targets),
-            timeout=_seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
+            timeout=seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
             first_token_timeout=parse_duration(first_token) if first_token else None,
             hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
             output=self.output(e, schemas),
@@ -602,8 +316,8 @@ def _retry(raw: dict[str, Any] | None, base: Retry) -> Retry:
     backoff = backoff or {}
     return Retry(
         attempts=raw.get("attempts", base.attempts),
-        backoff=_seconds(backoff.get("base"), base.backoff),
-        backoff_max=_seconds(backoff.get("max"), base.backoff_max),
+        backoff=seconds(backoff.get("base"), base.backoff),
+        backoff_max=seconds(backoff.get("max"), base.backoff_max),
         jitter=backoff.get("jitter", base.jitter),
         on=frozenset(raw["on"]) if "on" in raw else base.on,
     )
@@ -617,18 +331,6 @@ def _circuit(raw: dict[str, Any] | None, base: Circuit | None) -> Circuit | None
         consecutive_failures=raw.get("consecutive_failures", None if ratio else 5),
         failure_ratio=ratio,
         min_calls=raw.get("min_calls", 10),
-        window=_seconds(raw.get("window"), 30.0),
-        cooldown=_seconds(raw.get("cooldown"), 30.0),
+        window=seconds(raw.get("window"), 30.0),
+        cooldown=seconds(raw.get("cooldown"), 30.0),
     )
-
-
-def _values(v: str | list[str]) -> frozenset[str]:
-    return frozenset([v] if isinstance(v, str) else v)
-
-
-def _seconds(text: str | None, default: float) -> float:
-    return default if text is None else parse_duration(text)
-
-
-def _names(d: Mapping[str, Any]) -> str:
-    return ", ".join(sorted(d)) or "none"
