@@ -305,7 +305,7 @@ def test_opentelemetry_gets_the_endpoint_and_the_pod_from_the_downward_api():
         pytest.param({"ports": {"ops": 70000}}, "/ports/ops", id="port-range"),
         pytest.param({"replicas": 2}, "'replicas' not allowed", id="unknown-key"),
         pytest.param(
-            {"secretEnv": [{"env": "OPENAI_API_KEY", "value": "sk-live-123"}]},
+            {"secretEnv": [{"env": "OPENAI_API_KEY", "value": "fake-live-123"}]},
             "/secretEnv/0",
             id="secret-inline",
         ),

@@ -21,7 +21,7 @@ from tests.deploy.charts import ROOT
 from tests.unit.policy_files import write
 
 EXAMPLES = ROOT / "policies"
-KEY = "sk-live-7f3a9c2e5b1d8f4a6c0e"  # looks like a key: must never be printed
+KEY = "fake-live-7f3a9c2e5b1d8f4a6c0e"  # looks like a key: must never be printed
 
 
 @dataclass(frozen=True, slots=True)

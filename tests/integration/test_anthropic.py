@@ -28,8 +28,8 @@ from tests.support.anthropic_upstream import FakeAnthropic
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
 
-KEY = "sk-ant-test-SECRET-0123456789abcdef"
-OPENAI_KEY = "sk-oai-test-SECRET-fedcba9876543210"
+KEY = "fake-ant-test-SECRET-0123456789abcdef"
+OPENAI_KEY = "fake-oai-test-SECRET-fedcba9876543210"
 APP_KEY = "app-key-not-for-upstream"
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 321

@@ -18,7 +18,7 @@ from tests.support.upstream import FakeOpenAI
 
 T = TypeVar("T")
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
-KEY = "sk-live-Qm7vRt2XpL9wZs4Kd8Hj3NfB6cYa"  # distinctive: found anywhere means leaked
+KEY = "fake-live-Qm7vRt2XpL9wZs4Kd8Hj3NfB6cYa"  # distinctive: found anywhere means leaked
 Start = Callable[..., Awaitable[SidecarProcess]]  # start(*serve_args)
 
 

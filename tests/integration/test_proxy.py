@@ -12,7 +12,7 @@ from sidecar.app import Sidecar
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
 
-KEY = "sk-test-SECRET-0123456789abcdef"
+KEY = "fake-test-SECRET-0123456789abcdef"
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tests.support.sidecar import SidecarProcess, free_port, start_sidecar, writ
 from tests.support.upstream import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-SECRET = "sk-live-TESTSECRET-4f9a8b7c6d5e"
+SECRET = "fake-live-TESTSECRET-4f9a8b7c6d5e"
 APP_KEY = "app-token-TESTSECRET-77aa"
 POD = "checkout-7d9f6b-xk2p4"
 IN, OUT = 7, 3

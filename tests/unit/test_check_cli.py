@@ -16,7 +16,7 @@ from sidecar.policy.compile import load_folder
 from tests.unit.policy_files import BASE, write
 
 EXAMPLES = Path(__file__).parents[2] / "policies"
-SECRET = "sk-live-4f9c2b7e1d8a6f3e0b5c"  # looks like a key; must never be printed
+SECRET = "fake-live-4f9c2b7e1d8a6f3e0b5c"  # looks like a key; must never be printed
 DURATION_HINT = "is not a duration (use e.g. 250ms, 30s, 5m, 1h)"
 
 

@@ -9,7 +9,7 @@ import pytest
 from sidecar.policy.compile import load_folder
 from tests.unit.policy_files import problems, write
 
-SECRET = "sk-live-4f9c2b7e1d8a6f3e0b5c"  # looks like a key; must never be printed
+SECRET = "fake-live-4f9c2b7e1d8a6f3e0b5c"  # looks like a key; must never be printed
 
 TWO_PROVIDERS = """\
 providers:

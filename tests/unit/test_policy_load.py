@@ -15,7 +15,7 @@ from sidecar.policy.compile import load_folder
 from sidecar.policy.model import Condition, Price
 from tests.unit.policy_files import BASE, problems, write
 
-SECRET = "sk-live-4f9c2b7e1d8a6f3e0b5c"  # looks like a key; must never be printed
+SECRET = "fake-live-4f9c2b7e1d8a6f3e0b5c"  # looks like a key; must never be printed
 
 
 # --- a valid folder ------------------------------------------------------------------------------
