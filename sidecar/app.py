@@ -9,6 +9,7 @@ then provider connections close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -112,6 +113,7 @@ class Sidecar:
         self._sockets: list[socket.socket] = []
         self._stop_watching = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -140,6 +142,7 @@ class Sidecar:
             self._sockets.append(sock)
         if s.watch:
             self._watcher = asyncio.create_task(watch(self.holder, self._stop_watching))
+        self._gauges = asyncio.create_task(self._refresh_budget_gauges())
         log.info(
             "listening on http://%s:%d (ops on %s:%d), policies from %s",
             s.host,
@@ -161,9 +164,21 @@ class Sidecar:
         await self.jobs.close()
         if self._watcher is not None:
             await self._watcher
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
         await self.holder.close()
         await asyncio.to_thread(self.telemetry.shutdown)  # flushes spans and metrics
         log.info("stopped")
+
+    async def _refresh_budget_gauges(self) -> None:
+        while True:
+            await asyncio.sleep(self.telemetry.refresh_every)
+            try:
+                await self.holder.refresh_budget_gauges()
+            except Exception:  # a gauge must never stop for good
+                log.exception("budget gauges: refresh failed")
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()

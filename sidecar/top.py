@@ -31,7 +31,9 @@ QUEUE_WAIT = "sidecar.queue.wait"
 ROUTE = "sidecar.route"
 USER = "sidecar.user"
 MAX_ROWS = 12  # routes and users shown, busiest first
-GAUGES = frozenset({"sidecar.circuit.state"})  # current values: never differenced
+SPEND, REMAINING = "sidecar.budget.spend", "sidecar.budget.remaining"
+# Current values: never differenced.
+GAUGES = frozenset({"sidecar.circuit.state", SPEND, REMAINING})
 
 _CLEAR = "\x1b[H\x1b[2J"
 _ALT_ON, _ALT_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
@@ -258,6 +260,16 @@ def render(
         ]
         lines += ["", *_table(["CIRCUIT", "STATE", "FAILURES", "TRIPS"], rows)]
 
+    left = {_budget(p["attributes"]): p["value"] for p in points(now, REMAINING)}
+    if left:
+        spent = {_budget(p["attributes"]): p["value"] for p in points(now, SPEND)}
+        rows = [
+            [*key, f"{spent.get(key, 0.0):.6f}", f"{value:.6f}"]
+            for key, value in sorted(left.items(), key=lambda kv: kv[1])[:MAX_ROWS]
+        ]
+        header = ["BUDGET", "SCOPE", "WINDOW", "SPENT USD", "LEFT USD"]
+        lines += ["", *_table(header, rows)]
+
     limits = sorted(
         {str(p["attributes"].get("sidecar.limit")) for p in points(now, QUEUE_WAIT)}
         | set(current.get("queues") or {})
@@ -271,6 +283,17 @@ def render(
             rows.append([limit, str(now_waiting), _num(h.count), ms(h.quantile(0.95))])
         lines += ["", *_table(["QUEUE", "WAITING", "WAITED", "WAIT P95"], rows)]
     return "\n".join(lines)
+
+
+def _budget(attributes: Mapping[str, Any]) -> tuple[str, str, str]:
+    scope = (
+        f"{attributes.get('sidecar.budget.scope')} {attributes.get('sidecar.budget.scope_value')}"
+    )
+    return (
+        str(attributes.get("sidecar.budget")),
+        scope,
+        str(attributes.get("sidecar.budget.window")),
+    )
 
 
 def _by(metrics: Mapping[str, Any], name: str, by: str, token_type: str) -> dict[str, float]:

@@ -29,6 +29,7 @@ async def stats(request: web.Request) -> web.Response:
     """Cumulative metrics of this process (what `llm-sidecar top` reads): counters and
     histograms with their buckets, so percentiles come from real distributions."""
     holder = request.app[HOLDER]
+    await holder.refresh_budget_gauges()
     body = await asyncio.to_thread(holder.telemetry.stats)
     body["circuits"] = holder.stores.breakers.describe()
     body["queues"] = holder.stores.lines.waiting()

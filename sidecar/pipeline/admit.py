@@ -188,6 +188,7 @@ async def _check_budgets(ctx: RequestContext, budgets: tuple[Budget, ...]) -> No
         if budget.values is not None and value not in budget.values:
             continue
         key, end, _ = keys.row(budget.window, budget.scope, value, now)
+        ctx.snapshot.telemetry.budgets.seen(budget, value, end, ctx.snapshot.policy.telemetry)
         if budget.on_exceed == "reject":
             hard.append((budget, key, end))
             continue

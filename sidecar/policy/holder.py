@@ -164,6 +164,11 @@ class PolicyHolder:
             "circuits": self.stores.breakers.describe(),
         }
 
+    async def refresh_budget_gauges(self) -> None:
+        snap = self.current
+        if snap is not None and snap.policy.budgets:
+            await self.telemetry.budgets.refresh(snap.policy.budgets, snap.state)
+
     async def close(self) -> None:
         await self.pool.close()
         await self.stores.caches.close()

@@ -16,7 +16,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from sidecar.telemetry.setup import build
+from sidecar.telemetry.budgets import BudgetGauges
+from sidecar.telemetry.setup import build, millis
 
 OPERATION = {"chat": "chat", "embeddings": "embeddings"}
 PROVIDER_NAME = {"openai": "openai", "anthropic": "anthropic", "mock": "mock"}
@@ -67,6 +68,21 @@ class Telemetry:
             callbacks=[self._observe_circuits],
             description="0 closed, 1 half-open, 2 open",
         )
+        self.budgets = BudgetGauges()
+        self.budget_spend = meter.create_observable_gauge(
+            "sidecar.budget.spend",
+            callbacks=[self.budgets.observe_spend],
+            unit="USD",
+            description="Spent in the budget's current window (all replicas)",
+        )
+        self.budget_remaining = meter.create_observable_gauge(
+            "sidecar.budget.remaining",
+            callbacks=[self.budgets.observe_remaining],
+            unit="USD",
+            description="Limit minus spent and held in the budget's current window",
+        )
+        # Budget gauges are read from the store at least as often as metrics are exported.
+        self.refresh_every = min(10.0, millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000)
         self._users: set[str] = set()
 
     def watch_circuits(self, breakers: Any) -> None:

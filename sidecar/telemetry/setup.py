@@ -163,8 +163,8 @@ def build(env: Mapping[str, str]) -> Providers:
         metric_export = MetricExport(
             local,
             _metric_exporter(env),
-            _millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
-            _millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000,
+            millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
+            millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000,
         )
         log.info("telemetry: exporting metrics over OTLP (%s)", _protocol(env, "METRICS"))
     if not disabled and _on(
@@ -188,7 +188,7 @@ def build(env: Mapping[str, str]) -> Providers:
     return Providers(tracer_provider, meter, local, span_exporter, metric_export)
 
 
-def _millis(env: Mapping[str, str], name: str, default: float) -> float:
+def millis(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name) or os.environ.get(name)
     try:
         value = float(raw) if raw else default

@@ -351,6 +351,76 @@ async def test_user_becomes_a_metric_attribute_only_when_allowed_and_capped(
         assert all("sidecar.user" not in p.attributes for p in otlp.latest(name))
 
 
+BUDGETS = """\
+budgets:
+  team-day: {scope: team, limit_usd: 1, window: day}
+  user-day: {scope: user, limit_usd: 0.5, window: day, on_exceed: alert}
+"""
+
+
+def budget_gauges(otlp: OtlpReceiver, metric: str) -> dict[tuple[str, str], float]:
+    return {
+        (p.attributes["sidecar.budget"], p.attributes["sidecar.budget.scope_value"]): p.value
+        for p in otlp.latest(metric)
+    }
+
+
+async def test_budget_spend_and_remaining_are_gauges_per_team_but_not_per_user_by_default(
+    make: Make, otlp: OtlpReceiver
+):
+    sc = await make(BUDGETS)
+    for team, user in (("shop", "ann"), ("shop", "bob"), ("ads", "cat")):
+        await ask(sc, max_tokens=10, extra_headers={"x-sidecar-team": team, "x-sidecar-user": user})
+    await collect(
+        sc.telemetry,
+        otlp,
+        lambda: (
+            budget_gauges(otlp, "sidecar.budget.spend").get(("team-day", "shop")) == 2 * cost("a")
+        ),
+    )
+    spend = budget_gauges(otlp, "sidecar.budget.spend")
+    remaining = budget_gauges(otlp, "sidecar.budget.remaining")
+    # Users are not metric attributes unless the policy says so: no per-user gauges.
+    assert spend == pytest.approx(
+        {("team-day", "shop"): 2 * cost("a"), ("team-day", "ads"): cost("a")}
+    )
+    assert remaining == pytest.approx(
+        {("team-day", "shop"): 1 - 2 * cost("a"), ("team-day", "ads"): 1 - cost("a")}
+    )
+    [point, *_] = otlp.latest("sidecar.budget.remaining")
+    assert point.unit == "USD"
+    assert point.attributes["sidecar.budget.scope"] == "team"
+    assert point.attributes["sidecar.budget.window"] == "day"
+    # `llm-sidecar top` reads the same readings from /stats.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{sc.ops_port}/stats") as response,
+    ):
+        stats = await response.json()
+    points = stats["metrics"]["sidecar.budget.spend"]["points"]
+    assert sorted(p["attributes"]["sidecar.budget.scope_value"] for p in points) == ["ads", "shop"]
+
+
+async def test_budget_gauges_name_users_only_when_allowed_and_within_the_cap(
+    make: Make, otlp: OtlpReceiver
+):
+    sc = await make(BUDGETS + "telemetry: {user_attribute: true, max_users: 1}\n")
+    for user in ("ann", "bob", "ann"):
+        await ask(
+            sc, max_tokens=10, extra_headers={"x-sidecar-team": "shop", "x-sidecar-user": user}
+        )
+    await collect(
+        sc.telemetry,
+        otlp,
+        lambda: (
+            budget_gauges(otlp, "sidecar.budget.spend").get(("user-day", "ann")) == 2 * cost("a")
+        ),
+    )
+    assert budget_gauges(otlp, "sidecar.budget.remaining") == pytest.approx(
+        {("team-day", "shop"): 1 - 3 * cost("a"), ("user-day", "ann"): 0.5 - 2 * cost("a")}
+    )
+
+
 async def test_export_is_batched_in_the_background_without_any_flush(
     make: Make, otlp: OtlpReceiver
 ):

@@ -58,6 +58,8 @@ async def test_top_once_shows_counts_percentiles_users_and_circuits(
           fast: {{targets: [f]}}
           slow: {{targets: [s]}}
         telemetry: {{user_attribute: true, max_users: 10}}
+        budgets:
+          fast-day: {{scope: route, routes: [fast], limit_usd: 100, window: day}}
         """,
     )
     upstream.behave("up-s", delay=0.2)
@@ -94,3 +96,13 @@ async def test_top_once_shows_counts_percentiles_users_and_circuits(
     assert row(text, "u0")[1:3] == ["42", "18"]  # 6 requests each
     assert row(text, "u1")[1:3] == ["42", "18"]
     assert row(text, "s")[1] == "closed"  # the model with a circuit breaker
+    # BUDGET SCOPE WINDOW SPENT LEFT: read from the state store when top asked.
+    spent = 12 * (7 * 1000 + 3 * 2000) / 1e6
+    assert row(text, "fast-day") == [
+        "fast-day",
+        "route",
+        "fast",
+        "day",
+        f"{spent:.6f}",
+        f"{100 - spent:.6f}",
+    ]

@@ -33,6 +33,9 @@ LABELS = {
     "sidecar_limit",
     "sidecar_target",
     "sidecar_budget",
+    "sidecar_budget_scope",
+    "sidecar_budget_window",
+    "sidecar_budget_scope_value",
     "sidecar_output",
 }
 
