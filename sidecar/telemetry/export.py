@@ -1,21 +1,18 @@
-"""Periodic OTLP export of the metrics the in-process reader holds.
+"""Periodic OTLP export of the metrics `/stats` also reads.
 
-The SDK's own way, a `PeriodicExportingMetricReader` beside the `InMemoryMetricReader` that
-`/stats` reads, gives every reader its own storage: each measurement on the request path
-is then aggregated twice. Here one reader serves both; this thread collects from it every
-OTEL_METRIC_EXPORT_INTERVAL ms and hands the (cumulative) data to the OTLP exporter.
+The SDK's own way, a `PeriodicExportingMetricReader`, gives every reader its own storage,
+and the request path's instruments are our own (telemetry/instruments.py). Here one
+collection serves both: this thread collects every OTEL_METRIC_EXPORT_INTERVAL ms and hands
+the (cumulative) data to the OTLP exporter.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
-from opentelemetry.sdk.metrics.export import (
-    InMemoryMetricReader,
-    MetricExporter,
-    MetricExportResult,
-)
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 log = logging.getLogger("sidecar.telemetry")
 
@@ -23,13 +20,13 @@ log = logging.getLogger("sidecar.telemetry")
 class MetricExport:
     def __init__(
         self,
-        reader: InMemoryMetricReader,
+        collect: Callable[[], MetricsData | None],
         exporter: MetricExporter,
         interval: float,
         timeout: float,
     ) -> None:
         self.exporter = exporter
-        self._reader = reader
+        self._collect = collect
         self._interval = interval
         self._timeout_ms = timeout * 1000
         self._lock = threading.Lock()  # the exporter is never called concurrently
@@ -45,7 +42,7 @@ class MetricExport:
         """Collect now and export; blocks until the exporter is done (off the event loop)."""
         with self._lock:
             try:
-                data = self._reader.get_metrics_data()
+                data = self._collect()
                 if data is None:
                     return True
                 result = self.exporter.export(data, timeout_millis=self._timeout_ms)

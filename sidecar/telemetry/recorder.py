@@ -14,11 +14,21 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract
+from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sidecar.telemetry.budgets import BudgetGauges
-from sidecar.telemetry.setup import build, millis
+from sidecar.telemetry.export import MetricExport
+from sidecar.telemetry.instruments import Counter, ExplicitHistogram
+from sidecar.telemetry.setup import (
+    DURATION_BUCKETS,
+    TOKEN_BUCKETS,
+    TTFT_BUCKETS,
+    build,
+)
 
+SCOPE = "llm-sidecar"
 OPERATION = {"chat": "chat", "embeddings": "embeddings"}
 PROVIDER_NAME = {"openai": "openai", "anthropic": "anthropic", "mock": "mock"}
 _CIRCUIT_VALUE = {"closed": 0, "half-open": 1, "open": 2}
@@ -30,38 +40,55 @@ class Telemetry:
         self._tracer_provider = providers.tracer
         self._meter_provider = providers.meter
         self._span_exporter = providers.span_exporter
-        self._metric_export = providers.metric_export
+        self._metric_export = (
+            MetricExport(
+                self.collect,
+                providers.metric_exporter,
+                providers.export_interval,
+                providers.export_timeout,
+            )
+            if providers.metric_exporter is not None
+            else None
+        )
         self.reader = providers.local
         self.started_at = time.time()
         self.tracing = self._tracer_provider is not None
         self.tracer = (
-            self._tracer_provider.get_tracer("llm-sidecar")
+            self._tracer_provider.get_tracer(SCOPE)
             if self._tracer_provider is not None
             else trace.NoOpTracer()
         )
-        meter = self._meter_provider.get_meter("llm-sidecar")
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration"
+        self._resource = providers.resource
+        meter = self._meter_provider.get_meter(SCOPE)
+        self.duration = ExplicitHistogram(
+            "gen_ai.client.operation.duration",
+            "s",
+            DURATION_BUCKETS,
+            "GenAI operation duration",
         )
-        self.tokens = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per request"
+        self.tokens = ExplicitHistogram(
+            "gen_ai.client.token.usage", "{token}", TOKEN_BUCKETS, "Tokens used per request"
         )
-        self.ttft = meter.create_histogram(
+        self.ttft = ExplicitHistogram(
             "gen_ai.server.time_to_first_token",
-            unit="s",
-            description="Time to the first streamed chunk",
+            "s",
+            TTFT_BUCKETS,
+            "Time to the first streamed chunk",
         )
-        self.requests = meter.create_counter("sidecar.requests", unit="{request}")
-        self.attempts = meter.create_counter("sidecar.upstream.attempts", unit="{attempt}")
-        self.retries = meter.create_counter("sidecar.retries", unit="{retry}")
-        self.fallbacks = meter.create_counter("sidecar.fallbacks", unit="{fallback}")
-        self.cost = meter.create_counter("sidecar.cost", unit="USD")
-        self.rejections = meter.create_counter("sidecar.ratelimit.rejections", unit="{request}")
-        self.queue_wait = meter.create_histogram("sidecar.queue.wait", unit="s")
-        self.budget_events = meter.create_counter("sidecar.budget.events", unit="{event}")
-        self.cache = meter.create_counter("sidecar.cache.lookups", unit="{lookup}")
-        self.saved = meter.create_counter("sidecar.cache.saved", unit="USD")
-        self.outputs = meter.create_counter("sidecar.output.validations", unit="{output}")
+        self.requests = Counter("sidecar.requests", "{request}")
+        self.attempts = Counter("sidecar.upstream.attempts", "{attempt}")
+        self.retries = Counter("sidecar.retries", "{retry}")
+        self.fallbacks = Counter("sidecar.fallbacks", "{fallback}")
+        self.cost = Counter("sidecar.cost", "USD")
+        self.rejections = Counter("sidecar.ratelimit.rejections", "{request}")
+        self.queue_wait = ExplicitHistogram("sidecar.queue.wait", "s", DURATION_BUCKETS)
+        self.budget_events = Counter("sidecar.budget.events", "{event}")
+        self.cache = Counter("sidecar.cache.lookups", "{lookup}")
+        self.saved = Counter("sidecar.cache.saved", "USD")
+        self.outputs = Counter("sidecar.output.validations", "{output}")
+        self._own: list[Counter | ExplicitHistogram] = [
+            v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)
+        ]
         self._circuits: Any = None
         self.circuit_state = meter.create_observable_gauge(
             "sidecar.circuit.state",
@@ -82,7 +109,7 @@ class Telemetry:
             description="Limit minus spent and held in the budget's current window",
         )
         # Budget gauges are read from the store at least as often as metrics are exported.
-        self.refresh_every = min(10.0, millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000)
+        self.refresh_every = min(10.0, providers.export_interval)
         self._users: set[str] = set()
 
     def watch_circuits(self, breakers: Any) -> None:
@@ -136,9 +163,25 @@ class Telemetry:
         ) as span:
             yield span
 
+    def collect(self) -> MetricsData | None:
+        """Everything measured so far: the request path's own instruments and the SDK's
+        (the observable gauges), as one scope of one resource."""
+        now = time.time_ns()
+        ours = [m for m in (i.collect(now) for i in self._own) if m is not None]
+        data = self.reader.get_metrics_data()
+        sdk = (
+            [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+            if data
+            else []
+        )
+        if not ours and not sdk:
+            return None
+        scope = ScopeMetrics(InstrumentationScope(SCOPE), [*ours, *sdk], "")
+        return MetricsData([ResourceMetrics(self._resource, [scope], "")])
+
     def stats(self) -> dict[str, Any]:
         """The cumulative metrics of this process, as plain JSON (for `llm-sidecar top`)."""
-        data = self.reader.get_metrics_data()
+        data = self.collect()
         out: dict[str, Any] = {"at": time.time(), "started_at": self.started_at, "metrics": {}}
         if data is None:
             return out

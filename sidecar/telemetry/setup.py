@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from sidecar import __version__
-from sidecar.telemetry.export import MetricExport
 
 log = logging.getLogger("sidecar.telemetry")
 
@@ -118,34 +116,16 @@ def _pairs(text: str) -> dict[str, str]:
     return out
 
 
-def views() -> list[View]:
-    return [
-        View(
-            instrument_name="gen_ai.client.operation.duration",
-            aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS),
-        ),
-        View(
-            instrument_name="gen_ai.client.token.usage",
-            aggregation=ExplicitBucketHistogramAggregation(TOKEN_BUCKETS),
-        ),
-        View(
-            instrument_name="gen_ai.server.time_to_first_token",
-            aggregation=ExplicitBucketHistogramAggregation(TTFT_BUCKETS),
-        ),
-        View(
-            instrument_name="sidecar.queue.wait",
-            aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS),
-        ),
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class Providers:
     tracer: TracerProvider | None  # None: no trace export configured (or the SDK disabled)
     meter: MeterProvider
-    local: InMemoryMetricReader  # always there: `/stats` and `llm-sidecar top` read it
+    local: InMemoryMetricReader  # the SDK's instruments (observable gauges)
     span_exporter: SpanExporter | None  # kept to cut its retries short at shutdown
-    metric_export: MetricExport | None  # pushes `local`'s data over OTLP
+    metric_exporter: MetricExporter | None  # None: no metric export configured
+    export_interval: float  # seconds between metric exports
+    export_timeout: float
+    resource: Resource
 
 
 def build(env: Mapping[str, str]) -> Providers:
@@ -156,16 +136,11 @@ def build(env: Mapping[str, str]) -> Providers:
     res = resource(env)
     tracer_provider = None
     span_exporter = None
-    metric_export = None
+    metric_exporter = None
     if not disabled and _on(
         env, "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
     ):
-        metric_export = MetricExport(
-            local,
-            _metric_exporter(env),
-            millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
-            millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000,
-        )
+        metric_exporter = _metric_exporter(env)
         log.info("telemetry: exporting metrics over OTLP (%s)", _protocol(env, "METRICS"))
     if not disabled and _on(
         env, "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
@@ -179,13 +154,21 @@ def build(env: Mapping[str, str]) -> Providers:
     meter = MeterProvider(
         resource=res,
         metric_readers=[local],
-        views=views(),
         exemplar_filter=AlwaysOffExemplarFilter(),
     )
     # With OTEL_SDK_DISABLED=true in os.environ the SDK hands out no-op meters; here it
     # means no tracing and no export, while `/stats` and `llm-sidecar top` keep counting.
     meter._disabled = False
-    return Providers(tracer_provider, meter, local, span_exporter, metric_export)
+    return Providers(
+        tracer_provider,
+        meter,
+        local,
+        span_exporter,
+        metric_exporter,
+        millis(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
+        millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000,
+        res,
+    )
 
 
 def millis(env: Mapping[str, str], name: str, default: float) -> float:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from opentelemetry.metrics import Counter, Histogram, ObservableGauge, UpDownCounter
+from opentelemetry.metrics import ObservableGauge, UpDownCounter
 
+from sidecar.telemetry.instruments import Counter, ExplicitHistogram
 from sidecar.telemetry.recorder import Telemetry
 
 FOLDER = Path(__file__).resolve().parents[2] / "deploy" / "observability"
@@ -59,7 +60,7 @@ def exported_names() -> set[str]:
     instruments = [v for v in vars(telemetry).values() if hasattr(v, "name")]
     for inst in instruments:
         unit = getattr(inst, "unit", "") or ""
-        if isinstance(inst, Histogram):
+        if isinstance(inst, ExplicitHistogram):
             base = prometheus_base(inst.name, unit, counter=False)
             names |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"}
         elif isinstance(inst, Counter):
