@@ -61,25 +61,28 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
             tel.cost.add(ctx.cost_usd, cost_attrs)
     if span is None:
         return
-    span.set_attributes(attrs)
-    span.set_attribute("gen_ai.request.model", requested)  # a span may say what was asked
-    span.set_attribute("sidecar.policy_version", ctx.snapshot.version)
-    span.set_attribute("sidecar.attempts", ctx.attempts)
+    # One call: each set_attribute takes the span's lock and cleans its value.
+    extra: dict[str, Any] = {
+        "gen_ai.request.model": requested,  # a span may say what was asked
+        "sidecar.policy_version": ctx.snapshot.version,
+        "sidecar.attempts": ctx.attempts,
+    }
     if ctx.user and config.identity_in_spans:
-        span.set_attribute("enduser.id", ctx.user)
+        extra["enduser.id"] = ctx.user
     if ctx.team and config.identity_in_spans:
-        span.set_attribute("sidecar.team", ctx.team)
+        extra["sidecar.team"] = ctx.team
     if model is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", ctx.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", ctx.output_tokens)
+        extra["gen_ai.usage.input_tokens"] = ctx.input_tokens
+        extra["gen_ai.usage.output_tokens"] = ctx.output_tokens
         if ctx.cost_usd is not None:
-            span.set_attribute("sidecar.cost_usd", ctx.cost_usd)
+            extra["sidecar.cost_usd"] = ctx.cost_usd
         if ctx.finish_reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", ctx.finish_reasons)
+            extra["gen_ai.response.finish_reasons"] = ctx.finish_reasons
     if reason is not None:
-        span.set_attribute("sidecar.fallback_reason", reason)
+        extra["sidecar.fallback_reason"] = reason
     if ctx.downgraded_by:
-        span.set_attribute("sidecar.downgraded_by", ctx.downgraded_by)
+        extra["sidecar.downgraded_by"] = ctx.downgraded_by
+    span.set_attributes({**attrs, **extra})
     if status >= 500 or error is not None:
         span.set_status(Status(StatusCode.ERROR))
 
