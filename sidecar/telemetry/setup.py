@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from sidecar import __version__
+from sidecar.telemetry.otlp_spans import fast_exporter
 
 log = logging.getLogger("sidecar.telemetry")
 
@@ -145,7 +146,7 @@ def build(env: Mapping[str, str]) -> Providers:
     if not disabled and _on(
         env, "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
-        span_exporter = _span_exporter(env)
+        span_exporter = fast_exporter(_span_exporter(env))
         tracer_provider = TracerProvider(resource=res)
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         log.info("telemetry: exporting traces over OTLP (%s)", _protocol(env, "TRACES"))
