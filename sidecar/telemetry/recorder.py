@@ -151,7 +151,10 @@ class Telemetry:
     def span(
         self, name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any
     ) -> Iterator[Span | None]:
-        if not self.tracing:
+        """A child of the current span; none when that is not recording (not sampled):
+        its children would not be sampled either, and making them costs as much as a
+        request's own pipeline work when most requests go unsampled."""
+        if not self.tracing or not trace.get_current_span().is_recording():
             yield None
             return
         with self.tracer.start_as_current_span(

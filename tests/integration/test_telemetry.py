@@ -177,6 +177,33 @@ async def test_a_fallback_is_one_server_span_continuing_the_apps_trace_with_two_
     assert server.resource["k8s.namespace.name"] == "shop"
 
 
+async def test_the_apps_sampling_decision_is_followed_for_every_span_of_the_request(
+    make: Make, upstream: FakeOpenAI, otlp: OtlpReceiver
+):
+    sc = await make()
+    upstream.behave("up-a", status=500)  # two attempts: two client spans when sampled
+    unsampled, sampled = "1" * 32, "2" * 32
+    await ask(sc, extra_headers={"traceparent": f"00-{unsampled}-00f067aa0ba902b7-00"})
+    await ask(sc, extra_headers={"traceparent": f"00-{sampled}-00f067aa0ba902b7-01"})
+    await collect(sc.telemetry, otlp, lambda: len(otlp.trace(sampled)) == 3)
+    assert otlp.trace(unsampled) == []
+
+
+async def test_with_a_ratio_sampler_a_sampled_request_keeps_all_its_spans(
+    make: Make, otlp: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")  # the SDK reads os.environ
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    sc = await make()
+    ids = [(await ask(sc))["x-sidecar-trace-id"] for _ in range(40)]
+    await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 40)
+    await asyncio.to_thread(sc.telemetry.flush)
+    traced = [t for t in ids if otlp.trace(t)]
+    assert 5 < len(traced) < 35  # about half, decided by trace id
+    for t in traced:
+        assert sorted(s.kind for s in otlp.trace(t)) == ["CLIENT", "SERVER"]
+
+
 async def test_without_traceparent_a_new_trace_starts_and_its_id_is_returned(
     make: Make, otlp: OtlpReceiver
 ):
