@@ -28,6 +28,7 @@ from sidecar.api import openai as openai_api
 from sidecar.api import ops
 from sidecar.api import usage as usage_api
 from sidecar.api.keys import HOLDER, JOBS, LIFECYCLE, USAGE_TOKEN
+from sidecar.gc_tuning import tune_after_start
 from sidecar.jobs.runtime import JobsRuntime
 from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
@@ -186,6 +187,7 @@ class Sidecar:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        tune_after_start()
         await stop.wait()
         log.info("signal received: draining for up to %.0fs", self.settings.drain_timeout)
         await self.stop()

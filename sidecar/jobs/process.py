@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.gc_tuning import tune_after_start
 from sidecar.jobs.runtime import JobsRuntime
 from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
@@ -60,6 +61,7 @@ async def run_worker(settings: WorkerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker running, policies from %s", settings.policies)
+    tune_after_start()
     await stop.wait()
     log.info("signal received: finishing jobs for up to %.0fs", settings.grace)
     lifecycle["draining"] = True
