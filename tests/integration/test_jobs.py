@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import openai
@@ -30,8 +30,8 @@ from sidecar.policy.model import JobsConfig
 from sidecar.policy.problems import PolicyInvalid
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 SECRET = "whsec-test-5b1f0c9e"
 ENV = {"HOOK_SECRET": SECRET}
 Start = Callable[..., Awaitable[Sidecar]]
@@ -65,17 +65,6 @@ JOBS = """
       webhook_allow: ["127.0.0.1:*", "hooks.example.com"]
       webhook_secret_env: HOOK_SECRET
     """
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 5.0) -> T:
-    start = time.monotonic()
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() - start > within:
-            raise AssertionError(f"no effect within {within}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -11,16 +11,11 @@ calls ran and how many were in flight together.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
@@ -29,10 +24,11 @@ from aiohttp import web
 
 from sidecar.app import Sidecar
 from tests.support.redis import RedisServer
-from tests.support.sidecar import free_port, start_sidecar, write_policy
+from tests.support.sidecar import WorkerProcess, start_sidecar, write_policy
 from tests.support.upstream import completion
+from tests.support.wait import eventually
 
-T = TypeVar("T")
+WITHIN = 10.0  # seconds: a SIGKILLed worker's lease must expire first
 
 
 class Tracker:
@@ -72,65 +68,6 @@ class Tracker:
     async def stop(self) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
-
-
-class WorkerProcess:
-    """`llm-sidecar worker` as a dedicated worker deployment runs it."""
-
-    def __init__(self, folder: Path, workers: int) -> None:
-        self.ops_port = free_port()
-        self.log_path = folder.parent / f"worker-{self.ops_port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "sidecar", "worker", "--policies", str(folder)),
-                *("--state-dir", str(folder.parent), "--workers", str(workers)),
-                *("--ops-host", "127.0.0.1", "--ops-port", str(self.ops_port), "--grace", "0.5"),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-        )
-
-    async def wait_ready(self, within: float = 15.0) -> None:
-        deadline = time.monotonic() + within
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"worker exited:\n{self.log_path.read_text()}")
-                try:
-                    async with session.get(f"http://127.0.0.1:{self.ops_port}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise TimeoutError(f"worker not ready:\n{self.log_path.read_text()}")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 10.0) -> T:
-    start = time.monotonic()
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() - start > within:
-            raise AssertionError(f"no effect within {within}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -227,7 +164,9 @@ async def test_a_worker_killed_mid_job_is_taken_over_and_completed_once(
     texts = [f"doc-{n}" for n in range(4)]
     async with aiohttp.ClientSession() as http:
         batch_id = await run_batch(http, base, texts)
-        await eventually(lambda: asyncio.sleep(0, sum(tracker.inflight.values()) == 2))
+        await eventually(
+            lambda: asyncio.sleep(0, sum(tracker.inflight.values()) == 2), within=WITHIN
+        )
         doomed.kill()  # SIGKILL mid-job: no cleanup, no release
 
         async def completed() -> dict[str, Any] | None:
@@ -235,7 +174,7 @@ async def test_a_worker_killed_mid_job_is_taken_over_and_completed_once(
                 batch = await r.json()
             return batch if batch["status"] == "completed" else None
 
-        batch = await eventually(completed)
+        batch = await eventually(completed, within=WITHIN)
         async with http.get(f"{base}/files/{batch['output_file_id']}/content") as r:
             output = [orjson.loads(line) for line in (await r.read()).splitlines()]
         async with http.get(f"{base}/jobs?status=succeeded") as r:
@@ -258,9 +197,9 @@ async def test_a_restarted_sidecar_loses_no_job(setup: Setup) -> None:
         for n in range(6):
             async with http.post(f"{base}/jobs", json={"request": chat(f"job-{n}")}) as r:
                 ids.append((await r.json())["id"])
-        await eventually(lambda: asyncio.sleep(0, sum(tracker.calls.values()) >= 1))
+        await eventually(lambda: asyncio.sleep(0, sum(tracker.calls.values()) >= 1), within=WITHIN)
         await sidecar.stop()  # one running (drain 0.1s < 0.3s: returned), five queued
-        await eventually(lambda: asyncio.sleep(0, tracker.inflight.total() == 0))
+        await eventually(lambda: asyncio.sleep(0, tracker.inflight.total() == 0), within=WITHIN)
         restarted, _ = await setup(delay=0.3, workers=3)
         base = f"http://127.0.0.1:{restarted.port}/v1"
 
@@ -271,7 +210,7 @@ async def test_a_restarted_sidecar_loses_no_job(setup: Setup) -> None:
                     jobs.append(await r.json())
             return jobs if all(j["status"] == "succeeded" for j in jobs) else None
 
-        jobs = await eventually(all_done)
+        jobs = await eventually(all_done, within=WITHIN)
     assert [j["result"]["choices"][0]["message"]["content"] for j in jobs] == [
         f"answer to job-{n}" for n in range(6)
     ]
@@ -296,7 +235,7 @@ async def test_two_worker_processes_never_run_one_job_at_once(
                 batch = await r.json()
             return batch if batch["status"] == "completed" else None
 
-        batch = await eventually(completed)
+        batch = await eventually(completed, within=WITHIN)
         async with http.get(f"{base}/jobs?status=succeeded") as r:
             jobs = (await r.json())["data"]
     assert batch["request_counts"]["completed"] == 8

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import openai
@@ -15,8 +15,9 @@ import pytest
 
 from tests.support.sidecar import SidecarProcess, write_policy
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
-T = TypeVar("T")
+WITHIN = 2.0
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 KEY = "fake-live-Qm7vRt2XpL9wZs4Kd8Hj3NfB6cYa"  # distinctive: found anywhere means leaked
 Start = Callable[..., Awaitable[SidecarProcess]]  # start(*serve_args)
@@ -43,17 +44,6 @@ def policy(upstream: FakeOpenAI) -> str:
       chat-400: {{targets: [rejected]}}
       chat-502: {{targets: [down]}}
     """
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 2.0) -> T:
-    start = time.monotonic()
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() - start > within:
-            raise AssertionError(f"no effect within {within}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -222,7 +212,7 @@ async def test_provider_key_never_leaves_the_process(
             text = await r.text()
             return text if '"ok": false' in text else None
 
-    status = await eventually(rejected)
+    status = await eventually(rejected, within=WITHIN)
     # The problem is still named, with the reference where the value would have been.
     assert "main.yaml:5: providers.primary.base_url: '${UPSTREAM_KEY}' is not" in status
     seen.append(status)

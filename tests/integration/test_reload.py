@@ -7,9 +7,9 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import aiohttp
 import openai
@@ -19,8 +19,8 @@ from sidecar.app import Sidecar
 from sidecar.providers.http import HttpProvider
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
-T = TypeVar("T")
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 WITHIN = 2.0  # seconds a reload may take to show, end to end
 
@@ -43,18 +43,6 @@ def policy(upstream: FakeOpenAI, target: str = "a", *, timeout: str = "5s", extr
     """
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = WITHIN) -> T:
-    """Poll `check` until it returns something truthy; fail if that takes over `within` s."""
-    start = time.monotonic()
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() - start > within:
-            raise AssertionError(f"no effect within {within}s")
-        await asyncio.sleep(0.02)
-
-
 def version(sidecar: Sidecar) -> str | None:
     return sidecar.holder.current.version if sidecar.holder.current else None
 
@@ -66,7 +54,7 @@ async def new_version(sidecar: Sidecar, old: str | None) -> str:
         now = version(sidecar)
         return now if now != old else None
 
-    return await eventually(changed)
+    return await eventually(changed, within=WITHIN)
 
 
 async def ask(api: openai.AsyncOpenAI, model: str = "chat") -> tuple[str, str]:
@@ -118,7 +106,7 @@ async def test_editing_a_file_changes_the_target_without_restart(
         answer = await ask(api)
         return answer if answer[0] == "from b" else None
 
-    _, new = await eventually(answered_by_b)
+    _, new = await eventually(answered_by_b, within=WITHIN)
     assert new != old
     assert len(new) == 12
 
@@ -139,7 +127,7 @@ async def test_adding_and_removing_a_file_adds_and_removes_its_route(
         except openai.NotFoundError:
             return None
 
-    text, v2 = await eventually(extra_answers)
+    text, v2 = await eventually(extra_answers, within=WITHIN)
     assert text == "from b"
     assert v2 != v1
     _, status = await ops(sidecar, "/status")
@@ -154,7 +142,7 @@ async def test_adding_and_removing_a_file_adds_and_removes_its_route(
             return exc
         return None
 
-    gone = await eventually(extra_gone)
+    gone = await eventually(extra_gone, within=WITHIN)
     assert gone.code == "model_not_found"
     assert gone.response.headers["x-sidecar-policy-version"] == v1  # same content, same hash
     assert await ask(api) == ("from a", v1)
@@ -255,7 +243,7 @@ async def test_stream_in_flight_finishes_on_the_snapshot_it_started_with(
         answer = await ask(api)
         return answer if answer[1] != old else None
 
-    assert (await eventually(reloaded))[0] == "from b"
+    assert (await eventually(reloaded, within=WITHIN))[0] == "from b"
     async for chunk in chunks:
         text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert text == words
@@ -282,7 +270,7 @@ async def test_retry_after_a_reload_uses_the_provider_of_its_snapshot(
     async def first_attempt_failed() -> bool:
         return len(upstream.calls("up-a")) == 1
 
-    await eventually(first_attempt_failed)
+    await eventually(first_attempt_failed, within=WITHIN)
     write_policy(folder, "main.yaml", policy(upstream, "b", timeout="7s"))
     await new_version(sidecar, old)
 
@@ -294,7 +282,7 @@ async def test_retry_after_a_reload_uses_the_provider_of_its_snapshot(
         session = retired._session  # its pooled connections to the upstream go with it
         return not retired.busy and session is not None and session.closed
 
-    await eventually(retired_client_closed)
+    await eventually(retired_client_closed, within=WITHIN)
 
 
 @pytest.mark.parametrize(
@@ -328,7 +316,7 @@ async def test_an_invalid_edit_keeps_the_last_good_policy_until_fixed(
             else None
         )
 
-    status = await eventually(rejected)
+    status = await eventually(rejected, within=WITHIN)
     last = status["last_reload"]
     assert last["ok"] is False
     assert last["version"] != good
@@ -344,7 +332,7 @@ async def test_an_invalid_edit_keeps_the_last_good_policy_until_fixed(
         answer = await ask(api)
         return answer if answer[0] == "from b" else None
 
-    _, fixed = await eventually(recovered)
+    _, fixed = await eventually(recovered, within=WITHIN)
     assert fixed != good
     _, status = await ops(sidecar, "/status")
     assert status["last_reload"]["ok"] is True
@@ -386,7 +374,7 @@ async def test_configmap_style_update_takes_effect(tmp_path: Path, upstream: Fak
                 answer = await ask(api)
                 return answer if answer[0] == "from b" else None
 
-            _, v2 = await eventually(answered_by_b)
+            _, v2 = await eventually(answered_by_b, within=WITHIN)
             assert v2 != v1
             _, status = await ops(sc, "/status")
             assert status["policy"]["files"] == ["policy.yaml"]  # never ..data/ or ..2026_*/
@@ -426,7 +414,7 @@ async def test_readiness_follows_the_policy(folder: Path, upstream: FakeOpenAI):
             async def ready() -> bool:
                 return (await ops(sc, "/readyz"))[0] == 200
 
-            await eventually(ready)
+            await eventually(ready, within=WITHIN)
             assert (await ask(api))[0] == "from b"
             assert await ops(sc, "/healthz") == (200, {"status": "ok"})
     finally:

@@ -43,47 +43,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class SidecarProcess:
-    """`llm-sidecar serve` as a child process, as a user (or Kubernetes) runs it."""
+class ChildProcess:
+    """A `python -m sidecar ...` child process with an ops port, logging to a file."""
 
-    def __init__(self, folder: Path, env: Mapping[str, str] | None = None, *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, kind: str, argv: list[str], log_dir: Path, env: Mapping[str, str]) -> None:
         self.ops_port = free_port()
-        self.log_path = folder.parent / f"sidecar-{self.port}.log"
+        self.kind = kind
+        self.log_path = log_dir / f"{kind}-{self.ops_port}.log"
         self._log = self.log_path.open("wb")
+        ops = ["--ops-host", "127.0.0.1", "--ops-port", str(self.ops_port)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "serve",
-                "--policies",
-                str(folder),
-                "--port",
-                str(self.port),
-                "--ops-host",
-                "127.0.0.1",
-                "--ops-port",
-                str(self.ops_port),
-                "--state-dir",
-                str(folder.parent),
-                *args,
-            ],
+            [sys.executable, "-m", "sidecar", *argv, *ops],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **env},
         )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     async def wait_ready(self, within: float = 15.0) -> None:
         deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
+                    raise RuntimeError(
+                        f"{self.kind} exited with {self.proc.returncode}:\n{self.log()}"
+                    )
                 try:
                     async with session.get(f"http://127.0.0.1:{self.ops_port}/readyz") as r:
                         if r.status == 200:
@@ -91,7 +74,7 @@ class SidecarProcess:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-        raise TimeoutError(f"sidecar not ready in {within}s:\n{self.log()}")
+        raise TimeoutError(f"{self.kind} not ready in {within}s:\n{self.log()}")
 
     def log(self) -> str:
         self._log.flush()
@@ -99,6 +82,10 @@ class SidecarProcess:
 
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -110,3 +97,28 @@ class SidecarProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class SidecarProcess(ChildProcess):
+    """`llm-sidecar serve` as a child process, as a user (or Kubernetes) runs it."""
+
+    def __init__(self, folder: Path, env: Mapping[str, str] | None = None, *args: str) -> None:
+        self.port = free_port()
+        argv = ["serve", "--policies", str(folder), "--port", str(self.port)]
+        super().__init__(
+            "sidecar", [*argv, "--state-dir", str(folder.parent), *args], folder.parent, env or {}
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+class WorkerProcess(ChildProcess):
+    """`llm-sidecar worker` as a dedicated worker deployment runs it."""
+
+    def __init__(self, folder: Path, workers: int) -> None:
+        argv = ["worker", "--policies", str(folder), "--state-dir", str(folder.parent)]
+        super().__init__(
+            "worker", [*argv, "--workers", str(workers), "--grace", "0.5"], folder.parent, {}
+        )
