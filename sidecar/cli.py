@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -162,15 +160,11 @@ def diff(old: Path, new: Path, fmt: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from sidecar import launch
     from sidecar.app import Settings, Sidecar  # the server stack is not needed by `check`
 
-    if args.policies is None:
-        print("llm-sidecar serve: give --policies DIR or set SIDECAR_POLICIES", file=sys.stderr)
+    if not launch.policies_given("serve", args.policies):
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     settings = Settings(
         policies=args.policies,
         host=args.host,
@@ -181,10 +175,5 @@ def serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         usage_token=os.environ.get("SIDECAR_USAGE_TOKEN", ""),
     )
-    try:
-        import uvloop  # roughly doubles requests per second on one core
-    except ImportError:
-        asyncio.run(Sidecar(settings).run_until_signalled())
-    else:
-        uvloop.run(Sidecar(settings).run_until_signalled())
+    launch.run(Sidecar(settings).run_until_signalled(), args.log_level)
     return 0

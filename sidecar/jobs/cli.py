@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -90,14 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from sidecar import launch
     from sidecar.jobs.process import WorkerSettings, run_worker
 
-    if args.policies is None:
-        print("llm-sidecar worker: give --policies DIR or set SIDECAR_POLICIES", file=sys.stderr)
+    if not launch.policies_given("worker", args.policies):
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = WorkerSettings(
         policies=args.policies,
         state_dir=args.state_dir,
@@ -106,10 +102,5 @@ def _worker(args: argparse.Namespace) -> int:
         ops_port=args.ops_port,
         grace=args.grace,
     )
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(run_worker(settings))
-    else:
-        uvloop.run(run_worker(settings))
+    launch.run(run_worker(settings), args.log_level)
     return 0
