@@ -200,7 +200,13 @@ class Child:
     """A pinned subprocess whose output goes to a log file (shown if it dies)."""
 
     def __init__(
-        self, name: str, cpu: str, argv: list[str], log_dir: Path, src: Path = ROOT
+        self,
+        name: str,
+        cpu: str,
+        argv: list[str],
+        log_dir: Path,
+        src: Path = ROOT,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -212,7 +218,7 @@ class Child:
             stderr=subprocess.STDOUT,
             # Import `sidecar` from `src` only: not from the cwd, which `-m` puts first.
             cwd=log_dir,
-            env={**os.environ, "PYTHONPATH": str(src)},
+            env={**os.environ, "PYTHONPATH": str(src), **(env or {})},
             start_new_session=True,  # Ctrl-C in the terminal reaches only this script
         )
 

@@ -15,36 +15,29 @@ are reported (noise only ever makes a run slower). CPU per request is the steadi
 on a shared machine; "other cpu" says how much else ran meanwhile. Target: "on" keeps at
 least 90 % of the throughput of "off" at c=64.
 
-Standard library only; the sidecar and the upstream run on the project's venv. Needs `wrk`
-(exits 0 with a message when it is missing) and `taskset` for the pinning.
+Standard library only (and bench/run.py's process and wrk helpers); the sidecar and the
+upstream run on the project's venv. Needs `wrk` and `taskset`, as bench/run.py does.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
-import json
 import os
-import resource
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+import run as harness  # bench/run.py: pinned children, wrk, CPU shares from /proc
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 HOST = "127.0.0.1"
-SIDECAR_CPU, CLIENT_CPU = "0", "1"
+SIDECAR_CPU, CLIENT_CPU = harness.SIDECAR_CPU, harness.CLIENT_CPU
 TARGET_RATIO = 0.90
 
 POLICY = """\
@@ -62,21 +55,7 @@ routes:
     targets: [m]
 """
 
-BODY = '{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
-
-# Like bench/post.lua: POST the body, print one parsable line (microseconds) at the end.
-LUA = """\
-wrk.method = "POST"
-wrk.body = os.getenv("BENCH_BODY")
-wrk.headers["Content-Type"] = "application/json"
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-"""
+BODY = b'{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 
 SCENARIOS = {"json-c64": 64, "json-c1": 1}
 
@@ -130,141 +109,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 # -- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def pin(cpu: str, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if PINNED else argv
-
-
-class Child:
-    def __init__(self, name: str, argv: list[str], folder: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = folder / f"{name}.log"
-        self._log: TextIO = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def tail(self) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-
-
-def wait_until(check: Callable[[], bool], child: Child, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited while {what}:\n{child.tail()}")
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out {what}:\n{child.tail()}")
-
-
-def port_open(port: int) -> bool:
-    with socket.create_connection((HOST, port), timeout=0.5):
-        return True
-
-
-def ready(ops_port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{ops_port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
-    except urllib.error.URLError:
-        return False
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """This script (and its receiver thread) plus its finished children (wrk)."""
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def machine_busy_seconds() -> float:
-    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")
-
-
-def wrk(url: str, lua: Path, connections: int, seconds: int) -> dict[str, Any]:
-    argv = pin(CLIENT_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(lua)])
-    done = subprocess.run(
-        [*argv, "--timeout", "10s", url],
-        env={**os.environ, "BENCH_BODY": BODY},
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            return dict(json.loads(line.removeprefix("BENCH_RESULT ")))
-    raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-
-
 def run_sidecar(
     folder: Path,
     env: dict[str, str],
-    lua: Path,
     scenarios: list[str],
     warmup: int,
     seconds: int,
     upstream_pid: int,
 ) -> dict[str, Result]:
-    port, ops = free_port(), free_port()
+    port, ops = harness.free_port(), harness.free_port()
     argv = [str(VENV_PY), "-m", "sidecar", "serve", "--policies", str(folder / "policies")]
     argv += ["--port", str(port), "--ops-host", HOST, "--ops-port", str(ops)]
-    sidecar = Child("sidecar", pin(SIDECAR_CPU, argv), folder, env)
+    sidecar = harness.Child("sidecar", SIDECAR_CPU, argv, folder, env=env)
     try:
-        wait_until(lambda: ready(ops), sidecar, "waiting for /readyz")
+        harness.wait_until(lambda: harness.ready(ops), "waiting for /readyz", sidecar)
         url = f"http://{HOST}:{port}/v1/chat/completions"
         out = {}
         for name in scenarios:
             connections = SCENARIOS[name]
-            wrk(url, lua, connections, warmup)
-            pids = (sidecar.proc.pid, upstream_pid)
-            before = [cpu_seconds(pid) for pid in pids]
-            own, machine, t0 = own_cpu_seconds(), machine_busy_seconds(), time.monotonic()
-            raw = wrk(url, lua, connections, seconds)
+            harness.wrk(url, BODY, connections, warmup)
+            pids = (sidecar.pid, upstream_pid)
+            before = [harness.cpu_seconds(pid) for pid in pids]
+            own, t0 = harness.own_cpu_seconds(), time.monotonic()
+            machine = harness.machine_busy_seconds()
+            raw = harness.wrk(url, BODY, connections, seconds)
             wall = time.monotonic() - t0
-            used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-            ours = sum(used) + own_cpu_seconds() - own
-            other = max(0.0, 100 * (machine_busy_seconds() - machine - ours) / wall)
+            used = [harness.cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+            ours = sum(used) + harness.own_cpu_seconds() - own
+            other = max(0.0, 100 * (harness.machine_busy_seconds() - machine - ours) / wall)
             took = raw["duration_us"] / 1e6
             out[name] = Result(
                 rps=raw["requests"] / took,
                 p50_ms=raw["p50_us"] / 1e3,
                 p99_ms=raw["p99_us"] / 1e3,
-                errors=raw["errors"],
+                errors=sum(raw["errors"].values()),
                 cpu=100 * used[0] / wall,
                 us_per_request=1e6 * used[0] / max(1, raw["requests"]),
                 other=other,
@@ -291,17 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     scenarios = [s for s in args.only.split(",") if s]
-    if shutil.which("wrk") is None:
-        print("bench/telemetry.py: wrk is not installed (apt-get install -y wrk); skipped")
-        return 0
+    harness.check_tools()
     if not VENV_PY.exists():
         print(f"bench/telemetry.py: no venv at {VENV_PY}", file=sys.stderr)
         return 2
-    if not PINNED:
-        print("warning: taskset or a second CPU is missing; running unpinned (noisier)")
-
-    if PINNED:  # this script and, set before it starts, the receiver's threads
-        os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})  # this script and the receiver's threads
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     endpoint = f"http://{HOST}:{receiver.server_address[1]}"
@@ -330,24 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[str, str], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp:
         folder = Path(tmp)
-        lua = folder / "post.lua"
-        lua.write_text(LUA)
-        upstream_port = free_port()
+        upstream_port = harness.free_port()
         (folder / "policies").mkdir()
         (folder / "policies" / "bench.yaml").write_text(POLICY.format(port=upstream_port))
         script = str(ROOT / "bench" / "fake_upstream.py")
         upstream_argv = [str(VENV_PY), script, "--port", str(upstream_port)]
-        upstream = Child("upstream", pin(CLIENT_CPU, upstream_argv), folder, {})
+        upstream = harness.Child("upstream", CLIENT_CPU, upstream_argv, folder)
         try:
-            wait_until(
-                lambda: port_open(upstream_port),
-                upstream,
-                "starting the fake upstream",
+            harness.wait_until(
+                lambda: harness.port_open(upstream_port), "starting the fake upstream", upstream
             )
             for r in range(args.rounds):
                 for variant, env in variants.items():
                     results = run_sidecar(
-                        folder, env, lua, scenarios, args.warmup, args.seconds, upstream.proc.pid
+                        folder, env, scenarios, args.warmup, args.seconds, upstream.pid
                     )
                     for name, res in results.items():
                         print(
@@ -413,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-PINNED = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 if __name__ == "__main__":
     sys.exit(main())
