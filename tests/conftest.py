@@ -8,6 +8,7 @@ import pytest
 from tests.support.anthropic_upstream import FakeAnthropic
 from tests.support.otlp import OtlpReceiver
 from tests.support.redis import RedisServer
+from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
 
 
@@ -38,3 +39,12 @@ async def otlp() -> AsyncIterator[OtlpReceiver]:
     receiver = await OtlpReceiver().start()
     yield receiver
     await receiver.stop()
+
+
+@pytest.fixture
+async def sidecars(tmp_path: Path) -> AsyncIterator[Sidecars]:
+    """Start in-process sidecars with `await sidecars.start(policy_text)`; all are stopped
+    at the end of the test."""
+    started = Sidecars(tmp_path)
+    yield started
+    await started.stop()

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import yaml
 
 from sidecar.app import Sidecar
 from tests.support.redis import RedisServer
-from tests.support.sidecar import SidecarProcess, start_sidecar, write_policy
+from tests.support.sidecar import SidecarProcess, Sidecars, write_policy
 from tests.support.upstream import FakeOpenAI
 
 PRICES = {
@@ -87,19 +87,14 @@ Make = Callable[..., Awaitable[Sidecar]]
 
 
 @pytest.fixture
-async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Make]:
+def make(sidecars: Sidecars, upstream: FakeOpenAI) -> Make:
     """Start an in-process sidecar on the policy built from keyword arguments."""
-    started: list[Sidecar] = []
 
     async def start(usage_token: str = "", **kw: Any) -> Sidecar:
-        folder = write(tmp_path / f"p{len(started)}", policy(upstream, **kw))
-        sc = await start_sidecar(folder, usage_token=usage_token)
-        started.append(sc)
-        return sc
+        text = yaml.safe_dump(policy(upstream, **kw), sort_keys=False)
+        return await sidecars.start(text, usage_token=usage_token)
 
-    yield start
-    for sc in started:
-        await sc.stop()
+    return start
 
 
 def api(

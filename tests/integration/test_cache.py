@@ -4,28 +4,24 @@ streaming replay, semantic hits with embeddings the test controls, and the contr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import aiohttp
 import openai
 import pytest
 
 from sidecar.app import Sidecar
-from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture
-async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[..., object]]:
-    started: list[Sidecar] = []
+def make(sidecars: Sidecars, upstream: FakeOpenAI) -> Callable[..., object]:
 
     async def start(cache: str) -> Sidecar:
-        write_policy(
-            tmp_path / "p",
-            "p.yaml",
+        return await sidecars.start(
             f"""
             providers:
               main: {{type: openai, base_url: "{upstream.base_url}"}}
@@ -39,13 +35,8 @@ async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[.
             state: {{backend: memory}}
             """,
         )
-        sc = await start_sidecar(tmp_path / "p")
-        started.append(sc)
-        return sc
 
-    yield start
-    for sc in started:
-        await sc.stop()
+    return start
 
 
 def api(sc: Sidecar, **headers: str) -> openai.AsyncOpenAI:

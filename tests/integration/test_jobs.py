@@ -28,7 +28,7 @@ from sidecar.jobs.queue import open_queue
 from sidecar.policy.compile import load_folder
 from sidecar.policy.model import JobsConfig
 from sidecar.policy.problems import PolicyInvalid
-from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.sidecar import Sidecars, write_policy
 from tests.support.upstream import FakeOpenAI
 from tests.support.wait import eventually
 
@@ -68,19 +68,11 @@ JOBS = """
 
 
 @pytest.fixture
-async def start(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Start]:
-    started: list[Sidecar] = []
-
+def start(sidecars: Sidecars, upstream: FakeOpenAI) -> Start:
     async def run(jobs: str = JOBS) -> Sidecar:
-        folder = tmp_path / f"policies-{len(started)}"
-        write_policy(folder, "main.yaml", policy(upstream, jobs))
-        sidecar = await start_sidecar(folder, ENV, drain_timeout=1.0)
-        started.append(sidecar)
-        return sidecar
+        return await sidecars.start(policy(upstream, jobs), ENV, drain_timeout=1.0)
 
-    yield run
-    for sidecar in started:
-        await sidecar.stop()
+    return run
 
 
 SDK = Callable[[Sidecar], openai.AsyncOpenAI]

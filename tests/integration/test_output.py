@@ -4,14 +4,13 @@ OpenAI SDK against a fake upstream that answers what the test scripts."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import openai
 import pytest
 
 from sidecar.app import Sidecar
-from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
 
 INVOICE = {"total": 12.5, "currency": "EUR"}
@@ -19,13 +18,10 @@ MESSAGES = [{"role": "user", "content": "Extract the invoice."}]
 
 
 @pytest.fixture
-async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[..., object]]:
-    started: list[Sidecar] = []
+def make(sidecars: Sidecars, upstream: FakeOpenAI) -> Callable[..., object]:
 
     async def start(output: str) -> Sidecar:
-        write_policy(
-            tmp_path / "p",
-            "p.yaml",
+        return await sidecars.start(
             f"""
             providers:
               main: {{type: openai, base_url: "{upstream.base_url}"}}
@@ -47,13 +43,8 @@ async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[.
             state: {{backend: memory}}
             """,
         )
-        sc = await start_sidecar(tmp_path / "p")
-        started.append(sc)
-        return sc
 
-    yield start
-    for sc in started:
-        await sc.stop()
+    return start
 
 
 def api(sc: Sidecar) -> openai.AsyncOpenAI:

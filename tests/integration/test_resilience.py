@@ -5,29 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import aiohttp
 import openai
 import pytest
 
 from sidecar.app import Sidecar
-from tests.support.sidecar import start_sidecar, write_policy
+from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[..., object]]:
+def make(sidecars: Sidecars, upstream: FakeOpenAI) -> Callable[..., object]:
     """Start a sidecar whose policy is the given `routes:` text (and provider extras)."""
-    started: list[Sidecar] = []
 
     async def start(routes: str, provider_extra: str = "", model_extra: str = "") -> Sidecar:
-        write_policy(
-            tmp_path / "p",
-            "p.yaml",
+        return await sidecars.start(
             f"""
             providers:
               main:
@@ -45,13 +41,8 @@ async def make(tmp_path: Path, upstream: FakeOpenAI) -> AsyncIterator[Callable[.
             {routes}
             """,
         )
-        sc = await start_sidecar(tmp_path / "p")
-        started.append(sc)
-        return sc
 
-    yield start
-    for sc in started:
-        await sc.stop()
+    return start
 
 
 def api(sc: Sidecar, timeout: float = 10.0) -> openai.AsyncOpenAI:

@@ -20,7 +20,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, collect
-from tests.support.sidecar import SidecarProcess, free_port, start_sidecar, write_policy
+from tests.support.sidecar import SidecarProcess, Sidecars, free_port, start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -54,19 +54,16 @@ def fast_export(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def make(tmp_path: Path, upstream: FakeOpenAI, otlp: OtlpReceiver) -> AsyncIterator[Make]:
+def make(sidecars: Sidecars, upstream: FakeOpenAI, otlp: OtlpReceiver) -> Make:
     """Start a sidecar exporting to `otlp`; `extra` is appended to the policy, `env` to
     the environment it is given."""
-    started: list[Sidecar] = []
 
     async def start(extra: str = "", env: Mapping[str, str] | None = None) -> Sidecar:
         models = "\n".join(
             f"  {m}: {{provider: main, name: up-{m}, price: {{input: {i}, output: {o}}}}}"
             for m, (i, o) in PRICES.items()
         )
-        write_policy(
-            tmp_path / "p",
-            "p.yaml",
+        return await sidecars.start(
             f"""\
 providers:
   main: {{type: openai, base_url: {upstream.base_url}, api_key: "${{OPENAI_API_KEY}}"}}
@@ -77,9 +74,6 @@ routes:
   retrying: {{targets: [c], retry: {{attempts: 3, backoff: 10ms}}}}
 {extra}
 """,
-        )
-        sc = await start_sidecar(
-            tmp_path / "p",
             env={
                 "OPENAI_API_KEY": SECRET,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
@@ -88,12 +82,8 @@ routes:
                 **(env or {}),
             },
         )
-        started.append(sc)
-        return sc
 
-    yield start
-    for sc in started:
-        await sc.stop()
+    return start
 
 
 def api(sc: Sidecar) -> openai.AsyncOpenAI:

@@ -37,6 +37,29 @@ async def start_sidecar(
     return sidecar
 
 
+class Sidecars:
+    """In-process sidecars for one test, each on a policy folder of its own under `root`
+    (sharing `root` as their state directory, as restarts of one sidecar would); the
+    `sidecars` fixture stops them all when the test ends."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Sidecar] = []
+
+    async def start(
+        self, policy: str, env: Mapping[str, str] | None = None, **settings: object
+    ) -> Sidecar:
+        folder = self.root / f"policies-{len(self.started)}"
+        write_policy(folder, "policy.yaml", policy)
+        sidecar = await start_sidecar(folder, env, **settings)
+        self.started.append(sidecar)
+        return sidecar
+
+    async def stop(self) -> None:
+        for sidecar in self.started:
+            await sidecar.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
