@@ -35,6 +35,15 @@ local function fenced(key, lease)
   if v[1] ~= 'running' or v[2] ~= lease then return nil end
   return v
 end
+-- Ends a run that still holds `lease`: its stream entry and lease are gone. False when
+-- the lease was lost (the job was reclaimed): the caller must change nothing then.
+local function unlease(key, lease)
+  local v = fenced(key, lease)
+  if not v then return false end
+  drop_entry(v[3], v[4])
+  redis.call('HDEL', key, 'lease', 'stream', 'entry')
+  return true
+end
 """
 
 # ARGV: prefix, group, consumer, lease, visibility timeout (ms), look for silent workers (0/1),
@@ -115,11 +124,8 @@ SETTLE = (
     + """
 local id = ARGV[3]
 local key = P .. 'job:' .. id
-local v = fenced(key, ARGV[4])
-if not v then return 0 end
-drop_entry(v[3], v[4])
+if not unlease(key, ARGV[4]) then return 0 end
 redis.call('HSET', key, 'status', ARGV[5], 'finished_at', tostring(now))
-redis.call('HDEL', key, 'lease', 'stream', 'entry')
 for i = 7, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
@@ -135,11 +141,8 @@ RETRY = (
     + """
 local id = ARGV[3]
 local key = P .. 'job:' .. id
-local v = fenced(key, ARGV[4])
-if not v then return 0 end
-drop_entry(v[3], v[4])
+if not unlease(key, ARGV[4]) then return 0 end
 redis.call('HSET', key, 'status', 'queued')
-redis.call('HDEL', key, 'lease', 'stream', 'entry')
 if ARGV[6] ~= '' then redis.call('HSET', key, 'status_code', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', key, 'error', ARGV[7]) end
 redis.call('ZADD', P .. 'delayed', now + tonumber(ARGV[5]), id)
@@ -154,12 +157,9 @@ RELEASE = (
     + """
 local id = ARGV[3]
 local key = P .. 'job:' .. id
-local v = fenced(key, ARGV[4])
-if not v then return 0 end
-drop_entry(v[3], v[4])
+if not unlease(key, ARGV[4]) then return 0 end
 redis.call('HINCRBY', key, 'attempts', -1)
 redis.call('HSET', key, 'status', 'queued')
-redis.call('HDEL', key, 'lease', 'stream', 'entry')
 redis.call('XADD', P .. 'stream:' .. redis.call('HGET', key, 'priority'), '*', 'id', id)
 move(id, key, 'running', 'queued')
 return 1
