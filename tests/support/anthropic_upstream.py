@@ -11,13 +11,13 @@ every request is recorded with its headers and body.
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.support.fake_server import FakeServer
 
 # Anthropic's error type for each status it uses.
 ERROR_TYPES = {
@@ -80,56 +80,25 @@ class Behaviour:
         }
 
 
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]  # as received; look up with the exact case aiohttp keeps
-    body: dict[str, Any]
-    at: float = field(default_factory=time.monotonic)
-
-    def header(self, name: str) -> str | None:
-        wanted = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
-
-
-class FakeAnthropic:
-    def __init__(self) -> None:
-        self.behaviours: dict[str, Behaviour] = {}
-        self.seen: list[Seen] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+class FakeAnthropic(FakeServer[Behaviour]):
+    behaviour = Behaviour
 
     @property
     def base_url(self) -> str:
         """The root URL, as a policy's `base_url` takes it (the adapter adds /v1/messages)."""
         return f"http://127.0.0.1:{self.port}"
 
-    def behave(self, model: str, **kwargs: Any) -> Behaviour:
-        self.behaviours[model] = Behaviour(**kwargs)
-        return self.behaviours[model]
-
-    def calls(self, model: str | None = None) -> list[Seen]:
-        return [s for s in self.seen if model is None or s.body.get("model") == model]
-
     async def start(self) -> FakeAnthropic:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
-        await self._runner.setup()
-        sock = socket.create_server(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        await self.serve(app)
         return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.seen.append(Seen(request.path, dict(request.headers), body))
+        self.record(request, body)
         model = str(body.get("model", ""))
-        b = self.behaviours.get(model, Behaviour())
+        b = self.behaviour_of(model)
         failing = b.fail_times is None or b.fail_times > 0
         if b.fail_times is not None and b.fail_times > 0:
             b.fail_times -= 1

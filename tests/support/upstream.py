@@ -7,13 +7,13 @@ a failing one and a slow one in the same test. Every request it receives is reco
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.support.fake_server import FakeServer
 
 
 @dataclass
@@ -33,55 +33,31 @@ class Behaviour:
     finish_reason: str = "stop"
 
 
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float = field(default_factory=time.monotonic)
+class FakeOpenAI(FakeServer[Behaviour]):
+    behaviour = Behaviour
 
-
-class FakeOpenAI:
     def __init__(self) -> None:
-        self.behaviours: dict[str, Behaviour] = {}
-        self.seen: list[Seen] = []
+        super().__init__()
         self.cancelled = 0  # requests whose client went away before we finished
         self.vectors: dict[str, list[float]] = {}  # embeddings the test controls, by input
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def behave(self, model: str, **kwargs: Any) -> Behaviour:
-        self.behaviours[model] = Behaviour(**kwargs)
-        return self.behaviours[model]
-
-    def calls(self, model: str | None = None) -> list[Seen]:
-        return [s for s in self.seen if model is None or s.body.get("model") == model]
-
     async def start(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
-        self._runner = web.AppRunner(app, handler_cancellation=True)
-        await self._runner.setup()
-        sock = socket.create_server(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        await self.serve(app)
         return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _common(
         self, request: web.Request
     ) -> tuple[dict[str, Any], Behaviour, web.StreamResponse | None]:
         body = await request.json()
-        self.seen.append(Seen(request.path, dict(request.headers), body))
-        b = self.behaviours.get(body.get("model"), Behaviour())
+        self.record(request, body)
+        b = self.behaviour_of(str(body.get("model", "")))
         failing = b.fail_times is None or b.fail_times > 0
         if b.fail_times is not None and b.fail_times > 0:
             b.fail_times -= 1
