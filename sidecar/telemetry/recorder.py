@@ -134,17 +134,22 @@ class Telemetry:
 
     @contextmanager
     def server_span(self, headers: Mapping[str, str], name: str) -> Iterator[Span | None]:
-        """The request's span, continuing the app's `traceparent` when it sent one."""
+        """The request's span, continuing the app's `traceparent` when it sent one.
+
+        A span that is not sampled is not made current: nothing under it would be
+        recorded (`span` makes no children then), and attaching and detaching it was most
+        of what an unsampled request paid for tracing. Its trace id still goes back to
+        the app."""
         if not self.tracing:
             yield None
             return
-        with self.tracer.start_as_current_span(
-            name,
-            context=extract(headers),
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        span = self.tracer.start_span(name, context=extract(headers), kind=SpanKind.SERVER)
+        if not span.is_recording():
+            yield span
+            return
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
             yield span
 
     @contextmanager

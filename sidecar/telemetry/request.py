@@ -59,7 +59,7 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         tel.tokens.record(ctx.output_tokens, {**token_attrs, "gen_ai.token.type": "output"})
         if ctx.cost_usd:
             tel.cost.add(ctx.cost_usd, cost_attrs)
-    if span is None:
+    if span is None or not span.is_recording():
         return
     # One call: each set_attribute takes the span's lock and cleans its value.
     extra: dict[str, Any] = {
