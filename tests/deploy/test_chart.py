@@ -279,6 +279,11 @@ def test_opentelemetry_gets_the_endpoint_and_the_pod_from_the_downward_api():
     env = env_values(c)
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    # Parent-based: the app's sampled traces whole, a tenth of the rest.
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.1",
+    )
     # The kubelet's values for the downward-API variables, read by the sidecar's own setup.
     kubelet = {"metadata.name": "shop-1", "metadata.namespace": "prod", "spec.nodeName": "n1"}
     kubelet["metadata.uid"] = "uid-1"
@@ -295,6 +300,8 @@ def test_opentelemetry_gets_the_endpoint_and_the_pod_from_the_downward_api():
     }
     assert attributes["service.name"] == "llm-sidecar"
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env_values(sidecar_of())
+    every = env_values(sidecar_of({"otel": {"endpoint": "http://c:4318", "traceSampleRatio": 1}}))
+    assert every["OTEL_TRACES_SAMPLER_ARG"] == "1"
 
 
 @pytest.mark.parametrize(

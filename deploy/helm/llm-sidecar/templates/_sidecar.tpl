@@ -215,6 +215,10 @@ failureThreshold: {{ .failureThreshold }}
       value: {{ $v.otel.endpoint | quote }}
     - name: OTEL_EXPORTER_OTLP_PROTOCOL
       value: {{ $v.otel.protocol | quote }}
+    - name: OTEL_TRACES_SAMPLER
+      value: parentbased_traceidratio
+    - name: OTEL_TRACES_SAMPLER_ARG
+      value: {{ $v.otel.traceSampleRatio | toString | quote }}
     {{- end }}
     {{- if $v.otel.resourceAttributes }}
     - name: OTEL_RESOURCE_ATTRIBUTES
