@@ -51,6 +51,7 @@ def fast_export(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK reads these from os.environ itself (not from the env given to the sidecar)."""
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")  # every request
 
 
 @pytest.fixture
@@ -177,6 +178,21 @@ async def test_the_apps_sampling_decision_is_followed_for_every_span_of_the_requ
     await ask(sc, extra_headers={"traceparent": f"00-{sampled}-00f067aa0ba902b7-01"})
     await collect(sc.telemetry, otlp, lambda: len(otlp.trace(sampled)) == 3)
     assert otlp.trace(unsampled) == []
+
+
+async def test_by_default_the_apps_sampled_traces_are_kept_and_a_tenth_of_the_rest(
+    make: Make, otlp: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+    sc = await make()
+    apps = "3" * 32
+    await ask(sc, extra_headers={"traceparent": f"00-{apps}-00f067aa0ba902b7-01"})
+    ids = [(await ask(sc))["x-sidecar-trace-id"] for _ in range(100)]
+    await collect(sc.telemetry, otlp, lambda: len(otlp.trace(apps)) == 2)
+    await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 101)
+    traced = [t for t in ids if otlp.trace(t)]
+    assert 1 <= len(traced) <= 25  # 10 % of 100, decided by trace id
+    assert len(set(ids)) == 100  # every request has its trace id, traced or not
 
 
 async def test_with_a_ratio_sampler_a_sampled_request_keeps_all_its_spans(
