@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,19 +68,35 @@ def free_port() -> int:
 
 
 class ChildProcess:
-    """A `python -m sidecar ...` child process with an ops port, logging to a file."""
+    """A `python -m sidecar ...` child process with an ops port, logging to a file.
+
+    Ports are picked free and handed to the child, which binds them a moment later; in
+    between another process can take one (an outgoing connection's ephemeral port, say).
+    The child then exits with EADDRINUSE, and `wait_ready` starts it again on new ports:
+    read the ports after `wait_ready`."""
+
+    RESPAWNS = 3
 
     def __init__(self, kind: str, argv: list[str], log_dir: Path, env: Mapping[str, str]) -> None:
-        self.ops_port = free_port()
         self.kind = kind
-        self.log_path = log_dir / f"{kind}-{self.ops_port}.log"
+        self._argv, self._env = argv, {**os.environ, **env}
+        self.log_path = log_dir / f"{kind}-{uuid.uuid4().hex[:8]}.log"
         self._log = self.log_path.open("wb")
-        ops = ["--ops-host", "127.0.0.1", "--ops-port", str(self.ops_port)]
+        self._respawns = 0
+        self._spawn()
+
+    def listen_args(self) -> list[str]:
+        self.ops_port = free_port()
+        return ["--ops-host", "127.0.0.1", "--ops-port", str(self.ops_port)]
+
+    def _spawn(self) -> None:
+        self._log.flush()
+        self._log_from = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", *argv, *ops],
+            [sys.executable, "-m", "sidecar", *self._argv, *self.listen_args()],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=self._env,
         )
 
     async def wait_ready(self, within: float = 15.0) -> None:
@@ -87,6 +104,10 @@ class ChildProcess:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
+                    if self._port_taken() and self._respawns < self.RESPAWNS:
+                        self._respawns += 1
+                        self._spawn()
+                        continue
                     raise RuntimeError(
                         f"{self.kind} exited with {self.proc.returncode}:\n{self.log()}"
                     )
@@ -98,6 +119,10 @@ class ChildProcess:
                     pass
                 await asyncio.sleep(0.05)
         raise TimeoutError(f"{self.kind} not ready in {within}s:\n{self.log()}")
+
+    def _port_taken(self) -> bool:
+        self._log.flush()
+        return b"Address already in use" in self.log_path.read_bytes()[self._log_from :]
 
     def log(self) -> str:
         self._log.flush()
@@ -126,11 +151,12 @@ class SidecarProcess(ChildProcess):
     """`llm-sidecar serve` as a child process, as a user (or Kubernetes) runs it."""
 
     def __init__(self, folder: Path, env: Mapping[str, str] | None = None, *args: str) -> None:
+        argv = ["serve", "--policies", str(folder), "--state-dir", str(folder.parent), *args]
+        super().__init__("sidecar", argv, folder.parent, env or {})
+
+    def listen_args(self) -> list[str]:
         self.port = free_port()
-        argv = ["serve", "--policies", str(folder), "--port", str(self.port)]
-        super().__init__(
-            "sidecar", [*argv, "--state-dir", str(folder.parent), *args], folder.parent, env or {}
-        )
+        return [*super().listen_args(), "--port", str(self.port)]
 
     @property
     def base_url(self) -> str:
