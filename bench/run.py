@@ -146,7 +146,7 @@ class Comparison:
     concurrency: int
     direct: Measurement
     sidecar: Measurement
-    floor: Measurement | None = None  # the bare pass-through (not for the slow upstream)
+    floor: Measurement | None = None  # the bare pass-through
 
     def runs(self) -> list[tuple[str, Measurement]]:
         out = [("direct", self.direct)]
@@ -480,10 +480,10 @@ class Setup:
     slow_port: int = 0
     port: int = 0
     ops_port: int = 0
-    floor_port: int = 0
+    floor_ports: dict[bool, int] = field(default_factory=dict)  # slow upstream? -> port
     children: list[Child] = field(default_factory=list)
     sidecar: Child | None = None
-    floor: Child | None = None
+    floors: dict[bool, Child] = field(default_factory=dict)  # slow upstream? -> pass-through
     upstreams: dict[bool, Child] = field(default_factory=dict)  # slow? -> child
 
     def start(self) -> None:
@@ -526,21 +526,24 @@ class Setup:
         )
         self.children.append(self.sidecar)
         wait_until(lambda: ready(self.ops_port), "waiting for the sidecar's /readyz", self.sidecar)
-        self.floor_port = free_port()
-        upstream = f"http://{HOST}:{self.fast_port}"
-        argv = [self.py, str(BENCH / "passthrough.py"), "--port", str(self.floor_port)]
-        self.floor = Child("passthrough", SIDECAR_CPU, [*argv, "--upstream", upstream], self.tmp)
-        self.children.append(self.floor)
-        wait_until(lambda: port_open(self.floor_port), "starting the pass-through", self.floor)
+        for slow, upstream_port in ((False, self.fast_port), (True, self.slow_port)):
+            port = self.floor_ports[slow] = free_port()
+            argv = [self.py, str(BENCH / "passthrough.py"), "--port", str(port)]
+            argv += ["--upstream", f"http://{HOST}:{upstream_port}"]
+            floor = Child(
+                "passthrough-slow" if slow else "passthrough", SIDECAR_CPU, argv, self.tmp
+            )
+            self.floors[slow] = floor
+            self.children.append(floor)
+            wait_until(lambda p=port: port_open(p), "starting the pass-through", floor)
 
     def target(self, via: str, slow: bool) -> tuple[int, str, int | None]:
         """(port, model, pid of the process on CPU 0) for a run `via` direct, floor or sidecar."""
         assert self.sidecar is not None
-        assert self.floor is not None
         if via == "sidecar":
             return self.port, "chat-slow" if slow else "chat", self.sidecar.pid
         if via == "floor":
-            return self.floor_port, "bench-model", self.floor.pid
+            return self.floor_ports[slow], "bench-model", self.floors[slow].pid
         return (self.slow_port if slow else self.fast_port), "bench-model", None
 
     def stop(self) -> None:
@@ -651,6 +654,10 @@ def targets(cmp: dict[str, Comparison], rss: dict[str, float]) -> list[Target]:
         share = 100 * c.overhead()["rps_ratio"]
         name = f"JSON c=64, {SLOW_MS} ms upstream: sidecar/direct req/s"
         rows.append(Target(name, share, 90, "%", True))
+        if c.floor is not None:
+            share = 100 * c.overhead()["rps_vs_floor"]
+            name = f"JSON c=64, {SLOW_MS} ms upstream: sidecar/floor req/s"
+            rows.append(Target(name, share, 90, "%", True))
     rows.append(Target("idle RSS after start", rss["idle_mb"], 70, "MB"))
     rows.append(Target("peak RSS under load (VmHWM)", rss["peak_hwm_mb"], 150, "MB"))
     return rows
@@ -835,7 +842,6 @@ def main(argv: list[str] | None = None) -> int:
                     sc.concurrency,
                     lambda via, sc=sc: measure(setup, sc, via, warmup, seconds),
                     args.retries,
-                    floor=not sc.slow,
                 )
                 if sc.name == "stream-c1":
                     cmp["stream-c1-ttft"] = compare(
