@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from opentelemetry.trace import Span
@@ -78,25 +79,43 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
     name = f"{OPERATION.get(operation, operation)} {body.get('model')}"
     with snapshot.telemetry.server_span(request.headers, name) as span:
         status, error = 500, "internal"
+        response: web.StreamResponse | None = None
         try:
             try:
                 reply = await run(ctx)
             except SidecarError as exc:
                 status, error = exc.status, exc.code
-                return error_response(dialect, exc, _headers(ctx, span))
+                response = error_response(dialect, exc, _headers(ctx, span))
+                return response
             status, error = reply.status, None
             if reply.events is None:
-                return web.Response(
+                response = web.Response(
                     body=dialect.answer(reply.body),
                     status=reply.status,
                     headers=_headers(ctx, span),
                     content_type=JSON,
                 )
+                return response
             response, error = await _relay(request, reply, ctx, _headers(ctx, span), dialect)
             return response
         finally:
+            if response is not None:
+                await _send(request, response)
             await finish(ctx)
             observe(ctx, span, status, error)
+
+
+async def _send(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer before `finish` accounts for it, instead of after (as returning it
+    to aiohttp would): the app does not wait on bookkeeping. Spend stays safe: a request's
+    budget hold stands until `finish` settles it. aiohttp's own send is a no-op then."""
+    if response.prepared:
+        return
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass  # the app went away; accounting still happens
 
 
 def _headers(ctx: RequestContext, span: Span | None) -> dict[str, str]:
