@@ -10,15 +10,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-COLUMNS = (
-    "value",
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "saved_usd",
-)
+from sidecar.stores.state import Usage
+
+COLUMNS = ("value", *Usage.FIELDS)
 
 
 def show(ops: str, scope: str, window: str, bucket: str | None, as_json: bool) -> int:
