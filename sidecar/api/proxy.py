@@ -99,10 +99,12 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
             response, error = await _relay(request, reply, ctx, _headers(ctx, span), dialect)
             return response
         finally:
-            if response is not None:
-                await _send(request, response)
-            await finish(ctx)
-            observe(ctx, span, status, error)
+            try:
+                if response is not None:
+                    await _send(request, response)
+            finally:  # even when the app's disconnect cancels the send
+                await finish(ctx)
+                observe(ctx, span, status, error)
 
 
 async def _send(request: web.Request, response: web.StreamResponse) -> None:

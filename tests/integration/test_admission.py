@@ -286,6 +286,23 @@ async def test_waiting_longer_than_max_wait_answers_429(make: Make, upstream: Fa
     assert len(upstream.calls()) == 1
 
 
+async def test_an_app_that_gives_up_frees_its_concurrency_slot_at_once(
+    make: Make, upstream: FakeOpenAI
+):
+    sc = await make(
+        limits={"one": {"scope": "global", "max_concurrent": 1, "queue": {"max_wait": "200ms"}}}
+    )
+    upstream.behave("up-a", delay=3.0)
+    async with api(sc.port, timeout=0.3) as impatient:
+        with pytest.raises(openai.APITimeoutError):
+            await chat(impatient)
+    upstream.behave("up-a")
+    # Its slot went with it: the next request is not left waiting 200 ms and refused.
+    async with api(sc.port) as client:
+        assert (await chat(client)).status == 200
+    assert waiting(sc) == 0
+
+
 async def test_priority_header_jumps_ahead_of_normal_waiters(make: Make, upstream: FakeOpenAI):
     sc = await make(
         limits={"one": {"scope": "global", "max_concurrent": 1, "queue": {"max_wait": "10s"}}}
