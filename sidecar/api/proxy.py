@@ -20,6 +20,7 @@ from opentelemetry.trace import Span
 
 from sidecar.api.keys import HOLDER
 from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
+from sidecar.pipeline.cache import store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Reply
@@ -100,7 +101,10 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
             return response
         finally:
             try:
-                if response is not None:
+                if response is not None and not response.prepared:
+                    # First into the cache: an answer the app has is one any replica can
+                    # give again. Then the answer; then the accounting, in `finish`.
+                    await store(ctx)
                     await _send(request, response)
             finally:  # even when the app's disconnect cancels the send
                 await finish(ctx)
@@ -111,8 +115,6 @@ async def _send(request: web.Request, response: web.StreamResponse) -> None:
     """Send the answer before `finish` accounts for it, instead of after (as returning it
     to aiohttp would): the app does not wait on bookkeeping. Spend stays safe: a request's
     budget hold stands until `finish` settles it. aiohttp's own send is a no-op then."""
-    if response.prepared:
-        return
     try:
         await response.prepare(request)
         await response.write_eof()
