@@ -3,13 +3,14 @@
     identify caller → match route → admit (limits, queue, budgets) → cache lookup
       → dispatch (retries, fallback, breakers, hedging)
       → validate (schema; refined retries, fallback, default) → meter
-    … the answer goes out …
-    finish: store in the cache, account (cost, saved, spend, token-rate corrections)
-      and release what admit took
+    … a JSON answer is stored in the cache, then goes out (a stream goes out as it comes) …
+    finish: store in the cache (what is left to store), account (cost, saved, spend,
+      token-rate corrections) and release what admit took
 
-Stages in brackets arrive with later work; each is a plain function over the request
-context, so adding one is one line here. `finish` runs from the handler's `finally`, so
-every reservation admission makes is settled or released, whatever happened.
+Each stage is a plain function over the request context, so adding one is one line here.
+`finish` runs from the handler's `finally` once the answer has been sent (api/proxy.py),
+so every reservation admission makes is settled or released, whatever happened, and the
+app never waits on the bookkeeping.
 """
 
 from __future__ import annotations
