@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from sidecar.app import Sidecar
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, collect
@@ -180,6 +181,16 @@ async def test_the_apps_sampling_decision_is_followed_for_every_span_of_the_requ
     assert otlp.trace(unsampled) == []
 
 
+def sampled_by_ratio(trace_ids: list[str], ratio: float) -> set[str]:
+    """The trace ids the SDK's ratio sampler keeps: its decision is a function of the id."""
+    bound = TraceIdRatioBased(ratio).bound
+    return {t for t in trace_ids if int(t, 16) & (2**64 - 1) < bound}
+
+
+def traced(otlp: OtlpReceiver, trace_ids: list[str]) -> set[str]:
+    return {t for t in trace_ids if otlp.trace(t)}
+
+
 async def test_by_default_the_apps_sampled_traces_are_kept_and_a_tenth_of_the_rest(
     make: Make, otlp: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
 ):
@@ -188,11 +199,14 @@ async def test_by_default_the_apps_sampled_traces_are_kept_and_a_tenth_of_the_re
     apps = "3" * 32
     await ask(sc, extra_headers={"traceparent": f"00-{apps}-00f067aa0ba902b7-01"})
     ids = [(await ask(sc))["x-sidecar-trace-id"] for _ in range(100)]
-    await collect(sc.telemetry, otlp, lambda: len(otlp.trace(apps)) == 2)
-    await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 101)
-    traced = [t for t in ids if otlp.trace(t)]
-    assert 1 <= len(traced) <= 25  # 10 % of 100, decided by trace id
     assert len(set(ids)) == 100  # every request has its trace id, traced or not
+    # The decision is the trace id's: exactly those below the SDK's 10 % bound are traced.
+    expected = sampled_by_ratio(ids, 0.1)
+    assert 0 < len(expected) < 100
+    await collect(sc.telemetry, otlp, lambda: len(otlp.trace(apps)) == 2)
+    await collect(sc.telemetry, otlp, lambda: traced(otlp, ids) == expected)
+    await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 101)
+    assert traced(otlp, ids) == expected
 
 
 async def test_with_a_ratio_sampler_a_sampled_request_keeps_all_its_spans(
@@ -202,11 +216,12 @@ async def test_with_a_ratio_sampler_a_sampled_request_keeps_all_its_spans(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
     sc = await make()
     ids = [(await ask(sc))["x-sidecar-trace-id"] for _ in range(40)]
+    expected = sampled_by_ratio(ids, 0.5)
+    assert 0 < len(expected) < 40
+    await collect(sc.telemetry, otlp, lambda: traced(otlp, ids) == expected)
     await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 40)
-    await asyncio.to_thread(sc.telemetry.flush)
-    traced = [t for t in ids if otlp.trace(t)]
-    assert 5 < len(traced) < 35  # about half, decided by trace id
-    for t in traced:
+    assert traced(otlp, ids) == expected
+    for t in expected:
         assert sorted(s.kind for s in otlp.trace(t)) == ["CLIENT", "SERVER"]
 
 
