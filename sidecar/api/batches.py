@@ -18,28 +18,25 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from sidecar.api.jobs import answer, caller, context, failure, not_found
+from sidecar.api.jobs import answer, answered, caller, context, not_found
 from sidecar.api.proxy import _json_body
-from sidecar.errors import InvalidRequest, SidecarError
+from sidecar.errors import InvalidRequest
 from sidecar.jobs import batches
 from sidecar.jobs.model import ENDPOINTS, new_id
 from sidecar.jobs.queue import StoredFile
 from sidecar.policy.durations import parse_duration
-from sidecar.stores.state import StoreUnavailable
 
 PURPOSES = ("batch",)
 
 
+@answered
 async def upload(request: web.Request) -> web.Response:
-    try:
-        _, _, queue = context(request)
-        purpose, filename, content = await _multipart(request)
-        if purpose not in PURPOSES:
-            raise InvalidRequest("purpose must be 'batch'", code="invalid_purpose")
-        file = StoredFile(new_id("file-"), filename, purpose, len(content), int(time.time()))
-        await queue.put_file(file, content)
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    _, _, queue = context(request)
+    purpose, filename, content = await _multipart(request)
+    if purpose not in PURPOSES:
+        raise InvalidRequest("purpose must be 'batch'", code="invalid_purpose")
+    file = StoredFile(new_id("file-"), filename, purpose, len(content), int(time.time()))
+    await queue.put_file(file, content)
     return answer(file.view())
 
 
@@ -62,119 +59,105 @@ async def _multipart(request: web.Request) -> tuple[str | None, str, bytes]:
     return purpose, filename, content
 
 
+@answered
 async def file_info(request: web.Request) -> web.Response:
     file_id = request.match_info["file_id"]
-    try:
-        _, _, queue = context(request)
-        file = await queue.get_file(file_id)
-        if file is None:
-            raise not_found(f"no file '{file_id}'", "file_not_found")
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    _, _, queue = context(request)
+    file = await queue.get_file(file_id)
+    if file is None:
+        raise not_found(f"no file '{file_id}'", "file_not_found")
     return answer(file.view())
 
 
+@answered
 async def file_content(request: web.Request) -> web.Response:
     file_id = request.match_info["file_id"]
-    try:
-        _, _, queue = context(request)
-        content = await queue.file_content(file_id)
-        if content is None:
-            raise not_found(f"no file '{file_id}'", "file_not_found")
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    _, _, queue = context(request)
+    content = await queue.file_content(file_id)
+    if content is None:
+        raise not_found(f"no file '{file_id}'", "file_not_found")
     return web.Response(body=content, content_type="application/octet-stream")
 
 
+@answered
 async def delete_file(request: web.Request) -> web.Response:
     file_id = request.match_info["file_id"]
-    try:
-        _, _, queue = context(request)
-        if not await queue.delete_file(file_id):
-            raise not_found(f"no file '{file_id}'", "file_not_found")
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    _, _, queue = context(request)
+    if not await queue.delete_file(file_id):
+        raise not_found(f"no file '{file_id}'", "file_not_found")
     return answer({"id": file_id, "object": "file", "deleted": True})
 
 
+@answered
 async def create(request: web.Request) -> web.Response:
+    snapshot, _, queue = context(request)
+    body = await _json_body(request)
+    endpoint = body.get("endpoint")
+    if endpoint not in ENDPOINTS:
+        raise InvalidRequest(
+            f"endpoint must be one of {', '.join(ENDPOINTS)}", code="invalid_endpoint"
+        )
+    window_text = body.get("completion_window", "24h")
     try:
-        snapshot, _, queue = context(request)
-        body = await _json_body(request)
-        endpoint = body.get("endpoint")
-        if endpoint not in ENDPOINTS:
-            raise InvalidRequest(
-                f"endpoint must be one of {', '.join(ENDPOINTS)}", code="invalid_endpoint"
-            )
-        window_text = body.get("completion_window", "24h")
-        try:
-            window = parse_duration(window_text)
-        except ValueError:
-            raise InvalidRequest(
-                "completion_window must be a duration such as 24h", code="invalid_window"
-            ) from None
-        input_file_id = body.get("input_file_id")
-        if not isinstance(input_file_id, str):
-            raise InvalidRequest("input_file_id is required", code="missing_input_file")
-        metadata: Any = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidRequest("metadata must be an object", code="invalid_metadata")
-        headers, app_key = caller(request.headers, snapshot)  # for every line
-        try:
-            batch = await batches.create(
-                queue,
-                input_file_id=input_file_id,
-                endpoint=endpoint,
-                window=window,
-                window_text=window_text,
-                metadata=metadata,
-                headers=headers,
-                app_key=app_key,
-            )
-        except batches.BatchError as exc:
-            raise InvalidRequest(str(exc), code="invalid_batch") from None
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+        window = parse_duration(window_text)
+    except ValueError:
+        raise InvalidRequest(
+            "completion_window must be a duration such as 24h", code="invalid_window"
+        ) from None
+    input_file_id = body.get("input_file_id")
+    if not isinstance(input_file_id, str):
+        raise InvalidRequest("input_file_id is required", code="missing_input_file")
+    metadata: Any = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be an object", code="invalid_metadata")
+    headers, app_key = caller(request.headers, snapshot)  # for every line
+    try:
+        batch = await batches.create(
+            queue,
+            input_file_id=input_file_id,
+            endpoint=endpoint,
+            window=window,
+            window_text=window_text,
+            metadata=metadata,
+            headers=headers,
+            app_key=app_key,
+        )
+    except batches.BatchError as exc:
+        raise InvalidRequest(str(exc), code="invalid_batch") from None
     return answer(batch)
 
 
+@answered
 async def retrieve(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
-    try:
-        _, _, queue = context(request)
-        batch = await batches.current(queue, batch_id)
-        if batch is None:
-            raise not_found(f"no batch '{batch_id}'", "batch_not_found")
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    _, _, queue = context(request)
+    batch = await batches.current(queue, batch_id)
+    if batch is None:
+        raise not_found(f"no batch '{batch_id}'", "batch_not_found")
     return answer(batch)
 
 
+@answered
 async def cancel(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
+    _, _, queue = context(request)
     try:
-        _, _, queue = context(request)
-        try:
-            batch = await batches.cancel(queue, batch_id)
-        except batches.BatchError as exc:
-            raise InvalidRequest(str(exc), code="invalid_batch_state") from None
-        if batch is None:
-            raise not_found(f"no batch '{batch_id}'", "batch_not_found")
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+        batch = await batches.cancel(queue, batch_id)
+    except batches.BatchError as exc:
+        raise InvalidRequest(str(exc), code="invalid_batch_state") from None
+    if batch is None:
+        raise not_found(f"no batch '{batch_id}'", "batch_not_found")
     return answer(batch)
 
 
+@answered
 async def listing(request: web.Request) -> web.Response:
+    _, _, queue = context(request)
     try:
-        _, _, queue = context(request)
-        try:
-            limit = max(1, min(100, int(request.query.get("limit", "20"))))
-        except ValueError:
-            raise InvalidRequest("limit must be a number", code="invalid_limit") from None
-        found = await queue.list_batches(limit)
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+        limit = max(1, min(100, int(request.query.get("limit", "20"))))
+    except ValueError:
+        raise InvalidRequest("limit must be a number", code="invalid_limit") from None
+    found = await queue.list_batches(limit)
     return answer(
         {
             "object": "list",

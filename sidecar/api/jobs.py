@@ -11,7 +11,9 @@ must be allowed — so a mistake is a 4xx now, not a failed job later.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -153,41 +155,50 @@ def failure(exc: SidecarError | StoreUnavailable) -> web.Response:
     return error_response(OPENAI, exc)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answered(handler: Handler) -> Handler:
+    """A job or batch endpoint: a refusal or a queue that is down is answered in OpenAI's
+    error shape, like every other endpoint's."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (SidecarError, StoreUnavailable) as exc:
+            return failure(exc)
+
+    return guarded
+
+
+@answered
 async def submit(request: web.Request) -> web.Response:
-    try:
-        snapshot, config, queue = context(request)
-        job = job_from(await _json_body(request), request, snapshot, config)
-        await queue.submit([job])
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    snapshot, config, queue = context(request)
+    job = job_from(await _json_body(request), request, snapshot, config)
+    await queue.submit([job])
     return answer(job.view(), 202, {"location": f"/v1/jobs/{job.id}"})
 
 
+@answered
 async def get(request: web.Request) -> web.Response:
-    try:
-        _, _, queue = context(request)
-        job = await queue.get(request.match_info["job_id"])
-        if job is None:
-            raise not_found(f"no job '{request.match_info['job_id']}'", "job_not_found")
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+    _, _, queue = context(request)
+    job = await queue.get(request.match_info["job_id"])
+    if job is None:
+        raise not_found(f"no job '{request.match_info['job_id']}'", "job_not_found")
     return answer(job.view())
 
 
+@answered
 async def listing(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
+    _, _, queue = context(request)
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", code="invalid_status")
     try:
-        _, _, queue = context(request)
-        if status is not None and status not in STATUSES:
-            raise InvalidRequest(
-                f"status must be one of {', '.join(STATUSES)}", code="invalid_status"
-            )
-        try:
-            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-        except ValueError:
-            raise InvalidRequest("limit must be a number", code="invalid_limit") from None
-        jobs = await queue.list(status, limit + 1)
-    except (SidecarError, StoreUnavailable) as exc:
-        return failure(exc)
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise InvalidRequest("limit must be a number", code="invalid_limit") from None
+    jobs = await queue.list(status, limit + 1)
     data = [job.view(with_result=False) for job in jobs[:limit]]
     return answer({"object": "list", "data": data, "has_more": len(jobs) > limit})
