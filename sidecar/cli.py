@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sidecar import launch
 from sidecar.policy.compile import load_folder
 from sidecar.policy.problems import PolicyInvalid
 
@@ -23,28 +24,14 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the sidecar")
-    serve.add_argument(
-        "--policies",
-        type=Path,
-        default=os.environ.get("SIDECAR_POLICIES"),
-        help="policy folder (default $SIDECAR_POLICIES)",
-    )
+    launch.add_process_options(serve, "folder for the sqlite state file")
     serve.add_argument("--host", default=os.environ.get("SIDECAR_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=_env_int("SIDECAR_PORT", 8480))
-    serve.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
-    serve.add_argument("--ops-port", type=int, default=_env_int("SIDECAR_OPS_PORT", 8481))
     serve.add_argument(
         "--drain-timeout",
         type=float,
         default=float(os.environ.get("SIDECAR_DRAIN_TIMEOUT", "30")),
         help="seconds requests in flight get to finish after SIGTERM (default 30)",
-    )
-    serve.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
-    serve.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("SIDECAR_STATE_DIR", ".")),
-        help="folder for the sqlite state file (default $SIDECAR_STATE_DIR or .)",
     )
 
     check = sub.add_parser(
@@ -160,7 +147,6 @@ def diff(old: Path, new: Path, fmt: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from sidecar import launch
     from sidecar.app import Settings, Sidecar  # the server stack is not needed by `check`
 
     if not launch.policies_given("serve", args.policies):

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+
+
+def add_process_options(
+    parser: argparse.ArgumentParser, state_help: str, ops_help: str = "health and status port"
+) -> None:
+    """The options every long-running command takes, each with its environment default."""
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        default=os.environ.get("SIDECAR_POLICIES"),
+        help="policy folder (default $SIDECAR_POLICIES)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("SIDECAR_STATE_DIR", ".")),
+        help=f"{state_help} (default $SIDECAR_STATE_DIR or .)",
+    )
+    parser.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--ops-port",
+        type=int,
+        default=int(os.environ.get("SIDECAR_OPS_PORT") or 8481),
+        help=ops_help,
+    )
+    parser.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
 
 
 def policies_given(command: str, policies: Path | None) -> bool:

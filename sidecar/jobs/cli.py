@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from sidecar import launch
+
 COMMANDS = ("worker", "jobs")
 
 
@@ -22,33 +24,16 @@ def _sidecar_url() -> str:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker = sub.add_parser("worker", help="run only job workers, on the policy's job queue")
-    worker.add_argument(
-        "--policies",
-        type=Path,
-        default=os.environ.get("SIDECAR_POLICIES"),
-        help="policy folder (default $SIDECAR_POLICIES)",
-    )
-    worker.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("SIDECAR_STATE_DIR", ".")),
-        help="folder of the sqlite job queue (default $SIDECAR_STATE_DIR or .)",
+    launch.add_process_options(
+        worker, "folder of the sqlite job queue", "health and status port (0: none)"
     )
     worker.add_argument("--workers", type=int, help="concurrent jobs (default: jobs.workers)")
-    worker.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
-    worker.add_argument(
-        "--ops-port",
-        type=int,
-        default=int(os.environ.get("SIDECAR_OPS_PORT", "8481")),
-        help="health and status port (0: none)",
-    )
     worker.add_argument(
         "--grace",
         type=float,
         default=float(os.environ.get("SIDECAR_DRAIN_TIMEOUT", "30")),
         help="seconds jobs in flight get after SIGTERM before they go back to the queue",
     )
-    worker.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
 
     jobs = sub.add_parser("jobs", help="submit batches of requests and fetch their results")
     jobs.add_argument(
@@ -89,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from sidecar import launch
     from sidecar.jobs.process import WorkerSettings, run_worker
 
     if not launch.policies_given("worker", args.policies):
