@@ -8,12 +8,13 @@ travel in `x_anthropic`, which the Anthropic egress applies and other egresses d
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from sidecar.errors import PROTOCOL, InvalidRequest, UpstreamError
+from sidecar.providers.base import Events
 
 STOP = {
     "stop": "end_turn",
@@ -217,105 +218,95 @@ def error_event(message: str, kind: str = "api_error") -> bytes:
     return _event("error", {"error": {"type": kind, "message": message}})
 
 
-async def stream(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """OpenAI chunk events → Anthropic stream events, one for one as they arrive."""
+async def stream(events: Events) -> Events:
+    """OpenAI chunk events → Anthropic stream events, batch for batch as they arrive."""
     started = False
     index = -1
     open_block: tuple[str, int] | None = None  # ("text", 0) or ("tool", openai tool index)
     stop_reason = "end_turn"
     totals: dict[str, Any] = {}
     done = False
+    out: list[bytes] = []
 
-    def close() -> bytes | None:
+    def close() -> None:
         nonlocal open_block
-        if open_block is None:
-            return None
-        open_block = None
-        return _event("content_block_stop", {"index": index})
+        if open_block is not None:
+            open_block = None
+            out.append(_event("content_block_stop", {"index": index}))
 
-    async for event in events:
-        if not event.startswith(b"data:"):
-            continue
-        payload = event[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            break
-        chunk = orjson.loads(payload)
-        if "error" in chunk:
-            raise UpstreamError(
-                PROTOCOL, str((chunk["error"] or {}).get("message", "stream error"))[:300]
-            )
-        if not started:
-            started = True
-            yield _event(
-                "message_start",
-                {
-                    "message": {
-                        "id": _message_id(chunk.get("id")),
-                        "type": "message",
-                        "role": "assistant",
-                        "model": chunk.get("model", ""),
-                        "content": [],
-                        "stop_reason": None,
-                        "stop_sequence": None,
-                        "usage": {"input_tokens": 0, "output_tokens": 0},
-                    }
-                },
-            )
-        if chunk.get("usage"):
-            totals = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if open_block is None or open_block[0] != "text":
-                    if (stop := close()) is not None:
-                        yield stop
-                    index += 1
-                    open_block = ("text", 0)
-                    yield _event(
-                        "content_block_start",
-                        {"index": index, "content_block": {"type": "text", "text": ""}},
-                    )
-                yield _event(
-                    "content_block_delta",
-                    {"index": index, "delta": {"type": "text_delta", "text": delta["content"]}},
+    def open_(block: tuple[str, int], content: dict[str, Any]) -> None:
+        nonlocal index, open_block
+        close()
+        index += 1
+        open_block = block
+        out.append(_event("content_block_start", {"index": index, "content_block": content}))
+
+    async for batch in events:
+        for event in batch:
+            if not event.startswith(b"data:"):
+                continue
+            payload = event[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            chunk = orjson.loads(payload)
+            if "error" in chunk:
+                if out:
+                    yield out  # what came before the error still reaches the client
+                raise UpstreamError(
+                    PROTOCOL, str((chunk["error"] or {}).get("message", "stream error"))[:300]
                 )
-            for call in delta.get("tool_calls") or []:
-                which = call.get("index", 0)
-                fn = call.get("function") or {}
-                if open_block != ("tool", which):
-                    if (stop := close()) is not None:
-                        yield stop
-                    index += 1
-                    open_block = ("tool", which)
-                    yield _event(
-                        "content_block_start",
-                        {
-                            "index": index,
-                            "content_block": {
-                                "type": "tool_use",
-                                "id": call.get("id", ""),
-                                "name": fn.get("name", ""),
-                                "input": {},
-                            },
-                        },
-                    )
-                if fn.get("arguments"):
-                    yield _event(
-                        "content_block_delta",
-                        {
-                            "index": index,
-                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
-                        },
-                    )
-            if choice.get("finish_reason"):
-                stop_reason = STOP.get(choice["finish_reason"], "end_turn")
+            if not started:
+                started = True
+                message = {
+                    "id": _message_id(chunk.get("id")),
+                    "type": "message",
+                    "role": "assistant",
+                    "model": chunk.get("model", ""),
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                }
+                out.append(_event("message_start", {"message": message}))
+            if chunk.get("usage"):
+                totals = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    if open_block is None or open_block[0] != "text":
+                        open_(("text", 0), {"type": "text", "text": ""})
+                    text = {"type": "text_delta", "text": delta["content"]}
+                    out.append(_event("content_block_delta", {"index": index, "delta": text}))
+                for call in delta.get("tool_calls") or []:
+                    which = call.get("index", 0)
+                    fn = call.get("function") or {}
+                    if open_block != ("tool", which):
+                        tool = {
+                            "type": "tool_use",
+                            "id": call.get("id", ""),
+                            "name": fn.get("name", ""),
+                            "input": {},
+                        }
+                        open_(("tool", which), tool)
+                    if fn.get("arguments"):
+                        part = {"type": "input_json_delta", "partial_json": fn["arguments"]}
+                        out.append(_event("content_block_delta", {"index": index, "delta": part}))
+                if choice.get("finish_reason"):
+                    stop_reason = STOP.get(choice["finish_reason"], "end_turn")
+        if done:
+            break
+        if out:
+            yield out
+            out = []
     if not done:
         raise UpstreamError(PROTOCOL, "ended without [DONE]")
-    if (stop := close()) is not None:
-        yield stop
-    yield _event(
-        "message_delta",
-        {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage(totals)},
+    close()
+    out.append(
+        _event(
+            "message_delta",
+            {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage(totals)},
+        )
     )
-    yield _event("message_stop", {})
+    out.append(_event("message_stop", {}))
+    yield out

@@ -5,7 +5,6 @@ OpenAI's shape is the internal one, so this dialect translates nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -14,7 +13,7 @@ from aiohttp import web
 from sidecar.api.keys import HOLDER
 from sidecar.api.proxy import JSON, Dialect, error_response, not_ready, proxy
 from sidecar.errors import InvalidRequest, SidecarError
-from sidecar.providers.base import CHAT, EMBEDDINGS
+from sidecar.providers.base import CHAT, EMBEDDINGS, Events
 
 ENDPOINTS = (
     "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages, "
@@ -30,7 +29,7 @@ def _same_bytes(raw: bytes) -> bytes:
     return raw
 
 
-def _same_events(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def _same_events(events: Events) -> Events:
     return events
 
 

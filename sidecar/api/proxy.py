@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.cache import store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
-from sidecar.providers.base import CHAT, Reply
+from sidecar.providers.base import CHAT, Events, Reply
 from sidecar.telemetry.recorder import OPERATION
 from sidecar.telemetry.request import observe, trace_id
 
@@ -37,7 +37,7 @@ class Dialect:
     name: str
     to_internal: Callable[[dict[str, Any]], dict[str, Any]]
     answer: Callable[[bytes], bytes]
-    events: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+    events: Callable[[Events], Events]
     error_body: Callable[[SidecarError], bytes]
     error_event: Callable[[str, str], bytes]  # (message, code)
     complete: bytes  # the event prefix that says a stream ended properly
@@ -166,12 +166,12 @@ async def _relay(
     complete = False
     failure: bytes | None = None
     try:
-        async for event in dialect.events(reply.events):
-            await response.write(event)
+        async for batch in dialect.events(reply.events):
+            await response.write(batch[0] if len(batch) == 1 else b"".join(batch))
             if ctx.first_chunk_at is None:
                 ctx.first_chunk_at = time.monotonic()
-            if event.startswith(dialect.complete):
-                complete = True
+            if not complete:
+                complete = any(event.startswith(dialect.complete) for event in batch)
     except UpstreamError as exc:
         failure = dialect.error_event(_cut(ctx, exc.message), "upstream_stream_failed")
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -17,7 +16,7 @@ from sidecar.pipeline.admit import release, scope_value
 from sidecar.pipeline.cache import store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.pricing import cost_usd
-from sidecar.providers.base import Reply
+from sidecar.providers.base import Events, Reply
 from sidecar.stores import keys
 from sidecar.stores.state import StoreUnavailable, Usage
 from sidecar.tokens import count_text, estimate_request
@@ -112,23 +111,27 @@ def _answer_text(answer: Any) -> str:
         return ""
 
 
-async def _metered(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _metered(ctx: RequestContext, events: Events) -> Events:
     wants_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
     chunks = 0
     usage: dict[str, Any] | None = None
     try:
-        async for event in events:
-            if b'"usage"' in event and event.startswith(b"data: {"):
-                chunk = orjson.loads(event[6:])
-                if isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                    if not wants_usage and not chunk.get("choices"):
-                        continue  # the sidecar asked for it, not the client
-            elif event.startswith(b"data: {"):
-                chunks += 1
-                if b'"finish_reason":"' in event:
-                    ctx.finish_reasons += _finish_reasons(orjson.loads(event[6:]))
-            yield event
+        async for batch in events:
+            out: list[bytes] = []
+            for event in batch:
+                if b'"usage"' in event and event.startswith(b"data: {"):
+                    chunk = orjson.loads(event[6:])
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                        if not wants_usage and not chunk.get("choices"):
+                            continue  # the sidecar asked for it, not the client
+                elif event.startswith(b"data: {"):
+                    chunks += 1
+                    if b'"finish_reason":"' in event:
+                        ctx.finish_reasons += _finish_reasons(orjson.loads(event[6:]))
+                out.append(event)
+            if out:
+                yield out
     finally:
         if usage is not None:
             _charge_usage(ctx, usage)

@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -26,7 +25,7 @@ from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.pricing import cost_usd
 from sidecar.pipeline.synth import events_from_completion, replay
 from sidecar.policy.model import CachePolicy
-from sidecar.providers.base import EMBEDDINGS, Call, Reply
+from sidecar.providers.base import EMBEDDINGS, Call, Events, Reply
 from sidecar.stores.state import StoreUnavailable
 
 log = logging.getLogger("sidecar.cache")
@@ -200,13 +199,13 @@ def remember(ctx: RequestContext, reply: Reply) -> Reply:
     return reply
 
 
-async def _collect(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _collect(ctx: RequestContext, events: Events) -> Events:
     from sidecar.pipeline.validate import _assemble  # the same reassembly validation uses
 
     seen: list[bytes] = []
-    async for event in events:
-        seen.append(event)
-        yield event
+    async for batch in events:
+        seen += batch
+        yield batch
     if seen and seen[-1].startswith(b"data: [DONE]"):
         answer = _assemble(seen)
         if _complete(answer):

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 
 from opentelemetry.trace import SpanKind
 
@@ -36,7 +35,7 @@ from sidecar.errors import (
 )
 from sidecar.pipeline.context import RequestContext
 from sidecar.policy.model import Target
-from sidecar.providers.base import Call, Provider, Reply
+from sidecar.providers.base import Call, Events, Provider, Reply
 from sidecar.telemetry.recorder import OPERATION, fail
 
 log = logging.getLogger("sidecar.dispatch")
@@ -223,7 +222,7 @@ async def _abandon(tasks: set[asyncio.Task[Reply]]) -> None:
 
 
 async def _first_event(reply: Reply) -> None:
-    """Wait for the stream's first event, and put it back in front of the rest."""
+    """Wait for the stream's first events, and put them back in front of the rest."""
     assert reply.events is not None
     rest = reply.events
     try:
@@ -233,7 +232,7 @@ async def _first_event(reply: Reply) -> None:
     reply.events = _prepend(first, rest)
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _prepend(first: list[bytes], rest: Events) -> Events:
     try:
         yield first
         async for event in rest:

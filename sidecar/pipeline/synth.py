@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from sidecar.providers.base import Events
 
 
 def completion(model: str, content: str, usage: Mapping[str, int] | None = None) -> dict[str, Any]:
@@ -67,6 +69,7 @@ def events_from_completion(answer: Mapping[str, Any], include_usage: bool) -> li
     return events
 
 
-async def replay(events: list[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
+async def replay(events: list[bytes]) -> Events:
+    """Events that are all at hand (a cached or buffered answer) leave in one write."""
+    if events:
+        yield events

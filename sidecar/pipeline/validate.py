@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.synth import completion, events_from_completion, replay
 from sidecar.policy.model import OutputPolicy
-from sidecar.providers.base import Reply
+from sidecar.providers.base import Events, Reply
 
 _FENCE = re.compile(r"```(?:json)?\s*\n?(.*?)```", re.DOTALL)
 _MAX_ERRORS = 5
@@ -138,7 +137,7 @@ async def _read(reply: Reply, tool: str | None) -> tuple[dict[str, Any], str, li
     if reply.events is None:
         answer = orjson.loads(reply.body)
         return answer, _text(answer, tool), None
-    events = [e async for e in reply.events]
+    events = [event async for batch in reply.events for event in batch]
     answer = _assemble(events)
     return answer, _text(answer, tool), events
 
@@ -335,28 +334,31 @@ def _attrs(ctx: RequestContext, result: str) -> dict[str, str]:
 
 async def _judged(
     ctx: RequestContext,
-    events: AsyncIterator[bytes],
+    events: Events,
     validator: Any,
     tool: str | None,
     lenient: bool,
-) -> AsyncIterator[bytes]:
+) -> Events:
     """Passthrough: relay as it comes; judge the whole at the end, before [DONE]."""
     seen: list[bytes] = []
-    async for event in events:
-        if event.startswith(b"data: [DONE]"):
-            answer = _assemble(seen)
-            verdict = _check(_text(answer, tool), validator, lenient)
-            ctx.output = "valid" if verdict.ok else "invalid"
-            ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, ctx.output))
-            chunk = {
-                "id": answer.get("id"),
-                "object": "chat.completion.chunk",
-                "choices": [],
-                "model": answer.get("model"),
-                "x_sidecar_output": ctx.output,
-                "x_sidecar_output_errors": verdict.errors,
-            }
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-        elif event.startswith(b"data: {"):
-            seen.append(event)
-        yield event
+    async for batch in events:
+        out: list[bytes] = []
+        for event in batch:
+            if event.startswith(b"data: [DONE]"):
+                answer = _assemble(seen)
+                verdict = _check(_text(answer, tool), validator, lenient)
+                ctx.output = "valid" if verdict.ok else "invalid"
+                ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, ctx.output))
+                chunk = {
+                    "id": answer.get("id"),
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "model": answer.get("model"),
+                    "x_sidecar_output": ctx.output,
+                    "x_sidecar_output_errors": verdict.errors,
+                }
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            elif event.startswith(b"data: {"):
+                seen.append(event)
+            out.append(event)
+        yield out

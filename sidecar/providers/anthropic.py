@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import orjson
 
 from sidecar.policy.model import ProviderConfig
 from sidecar.providers import anthropic_wire
-from sidecar.providers.base import CHAT, Call
+from sidecar.providers.base import CHAT, Call, Events
 from sidecar.providers.http import HttpProvider
 
 # Anthropic error types → OpenAI's, so the OpenAI SDKs raise the usual exception.
@@ -36,7 +35,7 @@ class AnthropicProvider(HttpProvider):
     def answer(self, raw: bytes) -> bytes:
         return anthropic_wire.response(raw)
 
-    def events(self, events: AsyncIterator[bytes], call: Call) -> AsyncIterator[bytes]:
+    def events(self, events: Events, call: Call) -> Events:
         include_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
         return anthropic_wire.stream(events, include_usage)
 

@@ -9,12 +9,13 @@ sampling knobs with no Anthropic equivalent (seed, penalties, logit_bias) are dr
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from sidecar.errors import CLIENT, PROTOCOL, UpstreamError
+from sidecar.providers.base import Events
 
 FINISH = {
     "end_turn": "stop",
@@ -258,8 +259,8 @@ def response(raw: bytes) -> bytes:
     return orjson.dumps(out)
 
 
-async def stream(events: AsyncIterator[bytes], include_usage: bool) -> AsyncIterator[bytes]:
-    """Anthropic SSE events → OpenAI chunk events, one for one as they arrive."""
+async def stream(events: Events, include_usage: bool) -> Events:
+    """Anthropic SSE events → OpenAI chunk events, batch for batch as they arrive."""
     ident, model, created = "", "", int(time.time())
     input_usage: dict[str, Any] = {}
     tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool call index
@@ -282,62 +283,60 @@ async def stream(events: AsyncIterator[bytes], include_usage: bool) -> AsyncIter
         }
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
-    async for event in events:
-        data = _data(event)
-        if data is None:
-            continue
-        kind = data.get("type")
-        if kind == "message_start":
-            msg = data.get("message") or {}
-            ident, model = msg.get("id", ""), msg.get("model", "")
-            input_usage = msg.get("usage") or {}
-            yield chunk({"role": "assistant", "content": ""})
-        elif kind == "content_block_start":
-            block = data.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                i = tool_index.setdefault(data.get("index", 0), len(tool_index))
-                yield chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": i,
-                                "id": block.get("id", ""),
-                                "type": "function",
-                                "function": {"name": block.get("name", ""), "arguments": ""},
-                            }
-                        ]
+    async for batch in events:
+        out: list[bytes] = []
+        for event in batch:
+            data = _data(event)
+            if data is None:
+                continue
+            kind = data.get("type")
+            if kind == "message_start":
+                msg = data.get("message") or {}
+                ident, model = msg.get("id", ""), msg.get("model", "")
+                input_usage = msg.get("usage") or {}
+                out.append(chunk({"role": "assistant", "content": ""}))
+            elif kind == "content_block_start":
+                block = data.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    i = tool_index.setdefault(data.get("index", 0), len(tool_index))
+                    call = {
+                        "index": i,
+                        "id": block.get("id", ""),
+                        "type": "function",
+                        "function": {"name": block.get("name", ""), "arguments": ""},
                     }
+                    out.append(chunk({"tool_calls": [call]}))
+                elif block.get("type") == "text" and block.get("text"):
+                    out.append(chunk({"content": block["text"]}))
+            elif kind == "content_block_delta":
+                delta = data.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    out.append(chunk({"content": delta.get("text", "")}))
+                elif delta.get("type") == "input_json_delta":
+                    i = tool_index.get(data.get("index", 0), 0)
+                    part = {"index": i, "function": {"arguments": delta.get("partial_json", "")}}
+                    out.append(chunk({"tool_calls": [part]}))
+            elif kind == "message_delta":
+                stop = (data.get("delta") or {}).get("stop_reason")
+                finish = FINISH.get(stop or "", "stop")
+                output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
+            elif kind == "message_stop":
+                out.append(chunk({}, finish or "stop"))
+                if include_usage:
+                    totals = usage({**input_usage, "output_tokens": output_tokens})
+                    out.append(chunk(None, usage=totals))
+                out.append(b"data: [DONE]\n\n")
+                yield out
+                return
+            elif kind == "error":
+                if out:
+                    yield out  # what came before the error still reaches the client
+                err = data.get("error") or {}
+                raise UpstreamError(
+                    PROTOCOL, f"{err.get('type', 'error')}: {err.get('message', '')}"[:300]
                 )
-            elif block.get("type") == "text" and block.get("text"):
-                yield chunk({"content": block["text"]})
-        elif kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta":
-                yield chunk({"content": delta.get("text", "")})
-            elif delta.get("type") == "input_json_delta":
-                i = tool_index.get(data.get("index", 0), 0)
-                yield chunk(
-                    {
-                        "tool_calls": [
-                            {"index": i, "function": {"arguments": delta.get("partial_json", "")}}
-                        ]
-                    }
-                )
-        elif kind == "message_delta":
-            stop = (data.get("delta") or {}).get("stop_reason")
-            finish = FINISH.get(stop or "", "stop")
-            output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
-        elif kind == "message_stop":
-            yield chunk({}, finish or "stop")
-            if include_usage:
-                yield chunk(None, usage={**usage({**input_usage, "output_tokens": output_tokens})})
-            yield b"data: [DONE]\n\n"
-            return
-        elif kind == "error":
-            err = data.get("error") or {}
-            raise UpstreamError(
-                PROTOCOL, f"{err.get('type', 'error')}: {err.get('message', '')}"[:300]
-            )
+        if out:
+            yield out
 
 
 def _data(event: bytes) -> dict[str, Any] | None:

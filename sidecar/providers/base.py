@@ -17,6 +17,11 @@ from sidecar.errors import BUSY, UpstreamError
 CHAT = "chat"
 EMBEDDINGS = "embeddings"
 
+Events = AsyncIterator[list[bytes]]
+"""A streamed answer. Each item is the SSE events (each a complete `data: …\\n\\n`) that
+arrived together, never an empty list: what the provider sent in one burst leaves in one
+write, where a write per event cost the sidecar about a seventh of its CPU on a stream."""
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -31,11 +36,11 @@ class Call:
 
 @dataclass(slots=True)
 class Reply:
-    """A successful answer: a JSON body, or SSE events (each a complete `data: …\\n\\n`)."""
+    """A successful answer: a JSON body, or a stream of SSE event batches (`Events`)."""
 
     status: int = 200
     body: bytes = b""
-    events: AsyncIterator[bytes] | None = None
+    events: Events | None = None
     headers: dict[str, str] = field(default_factory=dict)
     on_close: Callable[[], None] | None = None
 

@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,7 +29,7 @@ from sidecar.errors import (
     UpstreamError,
 )
 from sidecar.policy.model import ProviderConfig
-from sidecar.providers.base import Call, Leases, Reply
+from sidecar.providers.base import Call, Events, Leases, Reply
 
 
 def new_session(config: ProviderConfig) -> aiohttp.ClientSession:
@@ -106,20 +106,24 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Complete SSE events (`…\\n\\n`) as they arrive; chunk borders are the network's."""
+async def sse_events(content: aiohttp.StreamReader) -> Events:
+    """Complete SSE events (`…\\n\\n`) as they arrive, batched by the network read that
+    completed them; chunk borders are the network's."""
     buf = b""
     async for chunk in content.iter_any():
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
         buf += chunk
+        batch = []
         start = 0
         while (end := buf.find(b"\n\n", start)) >= 0:
-            yield buf[start : end + 2]
+            batch.append(buf[start : end + 2])
             start = end + 2
         buf = buf[start:]
+        if batch:
+            yield batch
     if buf.strip():
-        yield buf.rstrip(b"\n") + b"\n\n"
+        yield [buf.rstrip(b"\n") + b"\n\n"]
 
 
 class HttpProvider:
@@ -160,7 +164,7 @@ class HttpProvider:
         """The upstream's JSON answer, in OpenAI's shape."""
         return raw
 
-    def events(self, events: AsyncIterator[bytes], call: Call) -> AsyncIterator[bytes]:
+    def events(self, events: Events, call: Call) -> Events:
         """The upstream's SSE events, as OpenAI chunk events."""
         return events
 
@@ -236,13 +240,11 @@ class HttpProvider:
         release()
         return Reply(body=body)
 
-    async def _read_events(
-        self, resp: aiohttp.ClientResponse, done: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    async def _read_events(self, resp: aiohttp.ClientResponse, done: Callable[[], None]) -> Events:
         complete = False
         try:
-            async for event in sse_events(resp.content):
-                yield event
+            async for batch in sse_events(resp.content):
+                yield batch
             complete = True
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise connection_error(self.config.base_url, exc) from None

@@ -9,13 +9,13 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from sidecar.policy.model import ProviderConfig
-from sidecar.providers.base import EMBEDDINGS, Call, Leases, Reply
+from sidecar.providers.base import EMBEDDINGS, Call, Events, Leases, Reply
 
 
 class MockProvider:
@@ -75,9 +75,7 @@ class MockProvider:
             "usage": usage,
         }
 
-    async def _stream(
-        self, call: Call, text: str, release: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    async def _stream(self, call: Call, text: str, release: Callable[[], None]) -> Events:
         ident = f"chatcmpl-mock-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
@@ -95,18 +93,21 @@ class MockProvider:
             }
             return b"data: " + orjson.dumps(body) + b"\n\n"
 
+        delay = self.settings.chunk_delay
         try:
-            yield chunk({"role": "assistant", "content": ""})
-            words = text.split(" ")
-            for i, word in enumerate(words):
-                if self.settings.chunk_delay:
-                    await asyncio.sleep(self.settings.chunk_delay)
-                yield chunk({"content": word if i == 0 else " " + word})
-            yield chunk({}, "stop")
+            ready = [chunk({"role": "assistant", "content": ""})]
+            for i, word in enumerate(text.split(" ")):
+                if delay:
+                    yield ready  # what is ready goes out before the pause
+                    ready = []
+                    await asyncio.sleep(delay)
+                ready.append(chunk({"content": word if i == 0 else " " + word}))
+            ready.append(chunk({}, "stop"))
             options = call.body.get("stream_options") or {}
             if options.get("include_usage"):
-                yield chunk({}, None, usage=_usage(call.body, text))
-            yield b"data: [DONE]\n\n"
+                ready.append(chunk({}, None, usage=_usage(call.body, text)))
+            ready.append(b"data: [DONE]\n\n")
+            yield ready
         finally:
             release()
 

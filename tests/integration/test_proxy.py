@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -95,6 +96,24 @@ async def test_streaming_relays_events_and_usage(
     assert text == "one two three four"
     assert usage is not None
     assert usage.total_tokens == 10
+
+
+async def test_stream_events_reach_the_app_as_the_upstream_sends_them(
+    api: openai.AsyncOpenAI, sidecar: Sidecar, upstream: FakeOpenAI
+):
+    # Events that arrive together leave together; none waits for a later one.
+    upstream.behave("up-fast", reply="one two three", chunk_delay=0.3)
+    loop = asyncio.get_running_loop()
+    stream = await api.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "count"}], stream=True
+    )
+    arrivals = [
+        (loop.time(), chunk.choices[0].delta.content)
+        async for chunk in stream
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+    assert [word for _, word in arrivals] == ["one", " two", " three"]
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.45  # two pauses of 0.3 s in between
 
 
 @pytest.mark.parametrize(
