@@ -161,12 +161,28 @@ async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
             (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
     provider = ctx.snapshot.providers[model.provider]
+    # Providers leave a JSON call's deadline to their caller, as dispatch does.
+    timeout = ctx.snapshot.policy.providers[model.provider].timeout
+    timeout = max(0.0, min(timeout, ctx.deadline - time.monotonic()))
     try:
-        reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
+        async with asyncio.timeout(timeout):
+            reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
         answer = orjson.loads(reply.body)
         raw = answer["data"][0]["embedding"]
-    except (UpstreamError, orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        why = exc.message if isinstance(exc, UpstreamError) else exc.__class__.__name__
+    except (
+        UpstreamError,
+        TimeoutError,
+        orjson.JSONDecodeError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:
+        if isinstance(exc, UpstreamError):
+            why = exc.message
+        elif isinstance(exc, TimeoutError):
+            why = f"no answer within {timeout:g}s"
+        else:
+            why = exc.__class__.__name__
         log.warning("semantic cache: embedding failed (%s); exact lookup only", why)
         return None
     tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)

@@ -141,7 +141,11 @@ class HttpProvider:
             **self.auth_headers(config),
             **dict(config.headers),
         }
-        self._timeout = aiohttp.ClientTimeout(
+        # A JSON call's whole attempt runs under its caller's deadline (dispatch's, or
+        # the semantic cache's), so aiohttp's own timers would only repeat that work: about
+        # a tenth of the client's CPU per request. A stream outlives that deadline once its
+        # first event is in, and then only the read timeout notices an upstream gone silent.
+        self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.timeout, sock_read=config.timeout
         )
         self._session: aiohttp.ClientSession | None = None
@@ -202,9 +206,12 @@ class HttpProvider:
             # still calls it (a retry after its backoff): reopen; it closes again when idle.
             self._session = new_session(self.config)
         try:
-            resp = await self._session.post(
-                url, data=payload, headers=self._headers, timeout=self._timeout
-            )
+            if call.stream:
+                resp = await self._session.post(
+                    url, data=payload, headers=self._headers, timeout=self._stream_timeout
+                )
+            else:
+                resp = await self._session.post(url, data=payload, headers=self._headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             release()
             raise connection_error(self.config.base_url, exc) from None

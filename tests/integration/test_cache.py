@@ -195,6 +195,31 @@ async def test_semantic_hit_and_miss_by_similarity(make, upstream: FakeOpenAI):
     assert len(upstream.calls("up-emb")) == 3  # each lookup embedded once, through the provider
 
 
+async def test_a_silent_embedder_costs_a_lookup_its_provider_timeout_not_the_answer(
+    sidecars: Sidecars, upstream: FakeOpenAI
+):
+    sc = await sidecars.start(
+        f"""
+        providers:
+          main: {{type: openai, base_url: "{upstream.base_url}"}}
+          embedder: {{type: openai, base_url: "{upstream.base_url}", timeout: 300ms}}
+        models:
+          a: {{provider: main, name: up-a}}
+          emb: {{provider: embedder, name: up-emb}}
+        cache:
+          answers: {{mode: semantic, semantic: {{model: emb}}}}
+        routes:
+          chat: {{targets: [a], cache: answers}}
+        state: {{backend: memory}}
+        """,
+    )
+    upstream.behave("up-emb", delay=5.0)
+    upstream.behave("up-a", reply="Paris")
+    async with asyncio.timeout(3.0):  # the embedder alone would take 5 s
+        text, h = await ask(sc)
+    assert (text, h["x-sidecar-cache"]) == ("Paris", "miss")
+
+
 async def test_admin_purge_by_route(make, upstream: FakeOpenAI):
     sc = await make("{mode: exact}")
     await ask(sc)
