@@ -31,7 +31,7 @@ from sidecar.telemetry.recorder import Telemetry
 log = logging.getLogger("sidecar.policy")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weakref: stores see it end
 class Snapshot:
     policy: Policy
     providers: Mapping[str, Provider]
@@ -106,6 +106,9 @@ class PolicyHolder:
                 self.stores,
                 state,
                 self.telemetry,
+            )
+            self.stores.caches.hold(
+                snapshot, (r.cache for r in policy.routes.values() if r.cache is not None)
             )
             previous = self.current
             self.current = snapshot

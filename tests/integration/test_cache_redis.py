@@ -3,16 +3,18 @@ on the other, for exact keys and for semantic neighbours (vectors shared through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from sidecar.app import Sidecar
 from tests.support.redis import RedisServer
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -76,3 +78,51 @@ async def test_semantic_neighbours_are_found_across_sidecars(pair, upstream: Fak
     assert await ask(second, "fuzzy", "France's capital city?") == ("Paris", "semantic-hit")
     assert (await ask(second, "fuzzy", "tallest mountain?"))[1] == "miss"
     assert len(upstream.calls("up-a")) == 2
+
+
+async def test_reloads_that_change_a_cache_close_the_old_ones_redis_connections(
+    tmp_path: Path, upstream: FakeOpenAI, redis_server: RedisServer
+):
+    folder = tmp_path / "p"
+
+    def policy(ttl: int) -> None:
+        write_policy(
+            folder,
+            "p.yaml",
+            f"""
+            providers:
+              main: {{type: openai, base_url: "{upstream.base_url}"}}
+            models:
+              a: {{provider: main, name: up-a}}
+            cache:
+              exact:
+                {{mode: exact, store: redis, url: "{redis_server.url}", scope: global, ttl: {ttl}s}}
+            routes:
+              plain: {{targets: [a], cache: exact}}
+            state: {{backend: memory}}
+            """,
+        )
+
+    async def connected() -> int:
+        async with aioredis.from_url(redis_server.url) as client:
+            return int((await client.info("clients"))["connected_clients"]) - 1  # not ours
+
+    policy(60)
+    sc = await start_sidecar(folder, state_dir=tmp_path)
+    try:
+        await ask(sc, "plain", "q60")  # the cache's client connects on first use
+        before = await connected()
+        for ttl in range(61, 71):  # ten GitOps edits, each a cache with new settings
+            policy(ttl)
+            await sc.holder.reload()
+            assert sc.holder.current is not None
+            assert sc.holder.current.policy.routes["plain"].cache.ttl == ttl  # type: ignore[union-attr]
+            assert await ask(sc, "plain", f"q{ttl}") == ("hello from upstream", "miss")
+        # The old snapshots end with their last request: no collection needed.
+        assert await eventually(lambda: _at_most(connected, before), within=3.0)
+    finally:
+        await sc.stop()
+
+
+async def _at_most(count: Callable[[], Awaitable[int]], limit: int) -> bool:
+    return await count() <= limit
