@@ -84,6 +84,12 @@ class JobQueue(Protocol):
         marked tried now, so other processes sweeping for them skip them for a while."""
         ...
 
+    async def purge_finished(self, before: float, limit: int) -> int:
+        """Delete up to `limit` jobs that finished before `before`; how many were. Only
+        stand-alone jobs (a batch's jobs are its output and go with it) whose webhook is
+        not still pending."""
+        ...
+
     async def cancel_batch(self, batch_id: str) -> int:
         """Cancel the batch's jobs that have not started; how many were."""
         ...

@@ -29,6 +29,7 @@ from sidecar.jobs.queue import StoredFile
 from sidecar.jobs.redis_scripts import (
     CANCEL,
     CLAIM,
+    PURGE,
     RELEASE,
     RENEW,
     RETRY,
@@ -60,6 +61,7 @@ class RedisQueue:
         self._release = r.register_script(RELEASE)
         self._cancel = r.register_script(CANCEL)
         self._take_webhooks = r.register_script(TAKE_WEBHOOKS)
+        self._purge = r.register_script(PURGE)
         self._swap_batch = r.register_script(SWAP_BATCH)
         self.streams = [f"{prefix}stream:{p}" for p in range(STREAMS)]
         self._looked = 0.0  # monotonic time of the last look for silent workers
@@ -188,6 +190,9 @@ class RedisQueue:
             await pipe.execute()
 
         await self._call(write)
+
+    async def purge_finished(self, before: float, limit: int) -> int:
+        return int(await self._call(lambda: self._purge(args=self._args(before, limit))))
 
     async def take_webhooks(self, before: float, limit: int) -> list[Job]:
         ids = await self._call(lambda: self._take_webhooks(args=self._args(before, limit)))

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from sidecar.jobs.model import CANCELLED, FIELDS, QUEUED, Job, new_lease
+from sidecar.jobs.model import CANCELLED, FIELDS, QUEUED, TERMINAL, Job, new_lease
 from sidecar.jobs.queue import StoredFile
 from sidecar.stores.state import StoreUnavailable
 
@@ -210,6 +210,19 @@ class SqliteQueue:
         due = time.time() if state.get("status") == "pending" else None
         sql = "UPDATE jobs SET webhook = ?, webhook_due = ? WHERE id = ?"
         await self._call(self._one, sql, (orjson.dumps(state).decode(), due, job_id))
+
+    async def purge_finished(self, before: float, limit: int) -> int:
+        sql = (
+            "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE status IN "
+            f"({', '.join('?' * len(TERMINAL))}) AND batch_id IS NULL "
+            "AND webhook_due IS NULL AND finished_at < ? LIMIT ?)"
+        )
+
+        def purge() -> int:
+            with self._write() as db:
+                return db.execute(sql, (*sorted(TERMINAL), before, limit)).rowcount
+
+        return await self._call(purge)
 
     async def take_webhooks(self, before: float, limit: int) -> list[Job]:
         sql = (

@@ -3,8 +3,9 @@
 Keys (all under one prefix with a hash tag, so a Redis Cluster keeps them in one slot):
 `job:{id}` hash; `stream:{0,1,2}` job ids by priority, consumer group `workers`;
 `delayed` retries by due time; `status:{status}` and `all` job ids by creation time;
-`webhooks` pending deliveries by last try; `batch:{id}` record, `batch:{id}:jobs` ids in
-input order, `batch:{id}:counts` jobs by status; `file:{id}` and `file:{id}:content`.
+`webhooks` pending deliveries by last try; `finished` stand-alone jobs by finishing time
+(for retention); `batch:{id}` record, `batch:{id}:jobs` ids in input order,
+`batch:{id}:counts` jobs by status; `file:{id}` and `file:{id}:content`.
 Time is Redis's own (`TIME`), so workers with skewed clocks agree on leases and retries.
 """
 
@@ -126,6 +127,7 @@ local id = ARGV[3]
 local key = P .. 'job:' .. id
 if not unlease(key, ARGV[4]) then return 0 end
 redis.call('HSET', key, 'status', ARGV[5], 'finished_at', tostring(now))
+if not redis.call('HGET', key, 'batch_id') then redis.call('ZADD', P .. 'finished', now, id) end
 for i = 7, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
@@ -192,6 +194,33 @@ TAKE_WEBHOOKS = (
 local ids = redis.call('ZRANGEBYSCORE', P .. 'webhooks', '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(ids) do redis.call('ZADD', P .. 'webhooks', now, id) end
 return ids
+"""
+)
+
+# ARGV: prefix, group, finished before, limit. `finished` holds stand-alone jobs by the time
+# they finished (a batch's jobs go with their batch); a pending webhook is stepped over.
+PURGE = (
+    PRELUDE
+    + """
+local before, left, purged, offset = ARGV[3], tonumber(ARGV[4]), 0, 0
+while left > 0 do
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf', '(' .. before,
+                         'LIMIT', offset, left)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    if redis.call('ZSCORE', P .. 'webhooks', id) then
+      offset = offset + 1
+    else
+      local key = P .. 'job:' .. id
+      redis.call('ZREM', P .. 'status:' .. (redis.call('HGET', key, 'status') or ''), id)
+      redis.call('ZREM', P .. 'all', id)
+      redis.call('ZREM', P .. 'finished', id)
+      redis.call('DEL', key)
+      purged, left = purged + 1, left - 1
+    end
+  end
+end
+return purged
 """
 )
 

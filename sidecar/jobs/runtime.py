@@ -4,7 +4,8 @@ It follows the policy's `jobs:` section as reloads change it (checked every seco
 new backend opens a new queue, a new worker count restarts the workers (their jobs go
 back to the queue first); other settings apply from the next job on. Without a `jobs:`
 section nothing is opened and the jobs API answers 404. It also sweeps for webhooks
-left `pending` by a process that stopped before delivering them.
+left `pending` by a process that stopped before delivering them, and deletes finished jobs
+older than `jobs.retention`, so the queue's file or Redis memory does not grow for ever.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = logging.getLogger("sidecar.jobs")
 FOLLOW_EVERY = 1.0
 SWEEP_EVERY = 30.0
 STALE_WEBHOOK = 120.0  # pending this long without a try: its sender is gone
+PURGE_BATCH = 500  # jobs deleted per store call; a sweep makes at most PURGE_ROUNDS calls
+PURGE_ROUNDS = 20
 
 
 class JobsRuntime:
@@ -53,6 +56,7 @@ class JobsRuntime:
                 await self.reconcile()
                 if time.monotonic() - self._swept > SWEEP_EVERY:
                     await self.sweep_webhooks()
+                    await self.purge_finished()
             except Exception:
                 log.exception("jobs: following the policy failed")
 
@@ -100,6 +104,26 @@ class JobsRuntime:
             return
         for job in stale:
             self.webhooks.send(job, self.config)
+
+    async def purge_finished(self) -> int:
+        """Delete what finished more than `retention` ago, in bounded steps: every process
+        sweeps, and a backlog (a retention just shortened) is worked off over a few sweeps
+        instead of in one long transaction that would hold up claims."""
+        queue, config = self.queue, self.config
+        if queue is None or config is None or config.retention <= 0:
+            return 0
+        purged = 0
+        try:
+            for _ in range(PURGE_ROUNDS):
+                done = await queue.purge_finished(time.time() - config.retention, PURGE_BATCH)
+                purged += done
+                if done < PURGE_BATCH:
+                    break
+        except StoreUnavailable as exc:
+            log.error("jobs: purging finished jobs failed (%s)", exc)
+        if purged:
+            log.info("jobs: deleted %d job(s) finished over %gs ago", purged, config.retention)
+        return purged
 
     async def _close_queue(self) -> None:
         if self.webhooks is not None:

@@ -86,6 +86,7 @@ class StageSections:
             webhook_allow=allow,
             webhook_secret=Secret(secret),
             webhook_attempts=b.get("webhook_attempts", 5),
+            retention=seconds(b.get("retention"), 7 * 24 * 3600.0),
         )
 
     def telemetry(self) -> TelemetryConfig:

@@ -231,6 +231,7 @@ class JobsConfig:
     webhook_allow: tuple[str, ...] = ()  # host patterns (fnmatch), optionally host:port
     webhook_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
     webhook_attempts: int = 5
+    retention: float = 7 * 24 * 3600.0  # finished stand-alone jobs are deleted after; 0: kept
 
     @property
     def queue_key(self) -> tuple[str, str, str | None]:

@@ -231,6 +231,7 @@ JOBS: dict[str, Any] = {
     "webhook_allow": {"type": "list", "schema": {"type": "string", "empty": False}},
     "webhook_secret_env": {"type": "string", "regex": r"[A-Za-z_][A-Za-z0-9_]*"},
     "webhook_attempts": {"type": "integer", "min": 1, "max": 20},
+    "retention": DURATION,  # how long finished jobs stay readable; 0s keeps them
 }
 
 

@@ -162,6 +162,9 @@ def test_the_jobs_section_compiles_with_defaults(tmp_path: Path) -> None:
     assert config == JobsConfig(backend="redis", url="redis://r:6379/0")
     write_policy(folder, "jobs.yaml", "jobs:\n")
     assert load_folder(folder, {}).jobs == JobsConfig()
+    assert JobsConfig().retention == 7 * 24 * 3600  # a week, unless the policy says
+    write_policy(folder, "jobs.yaml", "jobs: {retention: 30m}\n")
+    assert load_folder(folder, {}).jobs == JobsConfig(retention=1800.0)
 
 
 # --- the OpenAI SDK, unchanged ---------------------------------------------------------------
@@ -345,6 +348,21 @@ async def test_a_job_is_accepted_at_once_and_polled_to_its_result(
         listing = await r.json()
     assert [j["id"] for j in listing["data"]] == [job["id"]]
     assert "result" not in listing["data"][0]
+
+
+async def test_a_finished_job_is_deleted_after_its_retention(
+    start: Start, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "SWEEP_EVERY", 0.0)  # sweep every second, not every 30
+    sidecar = await start(JOBS + "  retention: 500ms\n")
+    _, job = await submit(http, sidecar, {"request": chat("short-lived")})
+    assert (await finished(http, sidecar, job["id"]))["status"] == "succeeded"
+
+    async def gone() -> bool:
+        async with http.get(f"{base(sidecar)}/jobs/{job['id']}") as r:
+            return r.status == 404
+
+    await eventually(gone, within=5.0)
 
 
 async def test_embeddings_run_as_jobs_too(start: Start, http: aiohttp.ClientSession) -> None:

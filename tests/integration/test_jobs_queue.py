@@ -203,3 +203,45 @@ async def test_a_new_queue_object_sees_everything(opener: Opener) -> None:
     assert claimed is not None
     assert claimed.id == submitted[0].id
     assert len(await second.list("queued", 10)) == 2
+
+
+async def test_finished_jobs_past_retention_are_deleted_and_nothing_else(opener: Opener) -> None:
+    queue = await opener()
+    old, hooked, batched, running, queued = (
+        job(),
+        job(callback_url="http://hooks.test/x"),
+        job(batch_id="batch_1", custom_id="a"),
+        job(),
+        job(),
+    )
+    await queue.submit([old, hooked, batched, running])
+    for _ in range(3):
+        claimed = await queue.claim("w", 60)
+        assert claimed is not None
+        claimed.status = "succeeded"
+        if claimed.id == hooked.id:
+            claimed.webhook = {"status": "pending", "attempts": 1}  # still being delivered
+        assert await queue.settle(claimed)
+    assert await queue.claim("w", 60) is not None  # `running` stays running
+    await queue.submit([queued])
+    cut = time.time() + 1  # everything finished so far is past retention
+    assert await queue.purge_finished(cut, 100) == 1
+    assert await queue.get(old.id) is None
+    assert [j.id for j in await queue.list(None, 10) if j.id == old.id] == []
+    for kept in (hooked, batched, running, queued):
+        assert await queue.get(kept.id) is not None
+    assert await queue.purge_finished(cut - 3600, 100) == 0  # nothing finished that early
+
+
+async def test_purging_steps_over_what_must_stay_and_honours_its_limit(opener: Opener) -> None:
+    queue = await opener()
+    kept = [job(batch_id="batch_1", custom_id=str(i)) for i in range(150)]
+    gone = [job() for _ in range(5)]
+    await queue.submit([*kept, *gone])  # the batch's jobs come first in every status set
+    while (claimed := await queue.claim("w", 60)) is not None:
+        claimed.status = "succeeded"
+        assert await queue.settle(claimed)
+    assert await queue.purge_finished(time.time() + 1, 3) == 3
+    assert await queue.purge_finished(time.time() + 1, 100) == 2
+    assert [await queue.get(j.id) for j in gone] == [None] * 5
+    assert await queue.batch_counts("batch_1") == {"succeeded": 150}
