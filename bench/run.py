@@ -55,7 +55,8 @@ MB = 1024 * 1024
 # The absolute targets were set on a machine where the bare pass-through reached
 # 5,500-6,300 req/s and added 0.56 ms at p50: 3,000 req/s and +0.8 ms there are these,
 # relative to the floor measured in the same run, which carry over to any machine.
-FLOOR_RPS_SHARE = 3000 / 5900
+ABSOLUTE_RPS = 3000
+FLOOR_RPS_SHARE = ABSOLUTE_RPS / 5900
 FLOOR_P50_ROOM = 0.8 - 0.56  # ms the sidecar may add beyond what the floor adds
 OTHER_CPU_LIMIT = 10.0  # % of one core used by other processes before a run is suspect
 
@@ -655,7 +656,8 @@ def targets(cmp: dict[str, Comparison], rss: dict[str, float]) -> list[Target]:
         rows.append(Target("JSON c=1: p50 added beyond the floor", own, FLOOR_P50_ROOM, "ms"))
     if c := cmp.get("json-c64"):
         rps = c.sidecar.rps
-        rows.append(Target("JSON c=64: req/s through the sidecar", rps, 3000, "req/s", True))
+        name = "JSON c=64: req/s through the sidecar"
+        rows.append(Target(name, rps, ABSOLUTE_RPS, "req/s", True))
         if c.floor is not None:
             share = c.overhead()["rps_vs_floor"]
             name = "JSON c=64: req/s as a share of the floor's"
@@ -898,6 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(target_table(rows))
+    if (c := cmp.get("json-c64")) and c.floor is not None and c.floor.rps < ABSOLUTE_RPS:
+        print(
+            f"\nnote: the floor itself reached {c.floor.rps:.0f} req/s here, below the"
+            f" absolute {ABSOLUTE_RPS} req/s target: no proxy on aiohttp's server and client"
+            " can show it on this machine. The share of the floor is what carries over."
+        )
     noisy = disturbed(cmp)
     if noisy:
         print(
