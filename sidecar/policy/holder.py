@@ -25,6 +25,7 @@ from sidecar.providers.base import Provider
 from sidecar.providers.pool import ProviderPool
 from sidecar.stores import Stores
 from sidecar.stores.backends import open_state
+from sidecar.stores.holds import Closer, Holds
 from sidecar.stores.state import State, StoreUnavailable
 from sidecar.telemetry.recorder import Telemetry
 
@@ -73,7 +74,10 @@ class PolicyHolder:
         self.stores = Stores()
         self.telemetry.watch_circuits(self.stores.breakers)
         self._state: tuple[StateConfig, State] | None = None
-        self._old_states: list[State] = []
+        # A state backend a reload replaced closes when its last snapshot ends.
+        self._state_holds: Holds[State] = Holds(self._state_released)
+        self._retired_states: set[State] = set()
+        self._closer = Closer()
         self._tried: str | None = None
         self._lock = asyncio.Lock()
 
@@ -110,6 +114,7 @@ class PolicyHolder:
             self.stores.caches.hold(
                 snapshot, (r.cache for r in policy.routes.values() if r.cache is not None)
             )
+            self._state_holds.hold(snapshot, (state,))
             previous = self.current
             self.current = snapshot
             self.last = ReloadStatus(
@@ -125,15 +130,20 @@ class PolicyHolder:
 
     async def _state_for(self, config: StateConfig) -> State:
         """The state backend `config` asks for: the current one if unchanged. A replaced
-        one stays open for requests of older snapshots and closes at shutdown."""
+        one stays open for requests of older snapshots and closes after the last."""
         if self._state is not None and self._state[0] == config:
             return self._state[1]
         state = await open_state(config, self.state_dir)
         if self._state is not None:
-            self._old_states.append(self._state[1])
+            self._retired_states.add(self._state[1])
             log.info("state backend changed: %s -> %s", self._state[0].backend, config.backend)
         self._state = (config, state)
         return state
+
+    def _state_released(self, state: State) -> None:
+        if state in self._retired_states:  # else it is current again, or not yet current
+            self._retired_states.discard(state)
+            self._closer.close_soon("state backend", state.close)
 
     def _read(self) -> list[SourceFile] | None:
         return read_folder(self.folder) if self.folder.is_dir() else None
@@ -175,7 +185,8 @@ class PolicyHolder:
     async def close(self) -> None:
         await self.pool.close()
         await self.stores.caches.close()
-        for state in [*self._old_states, *([self._state[1]] if self._state else [])]:
+        await self._closer.wait()
+        for state in [*self._retired_states, *([self._state[1]] if self._state else [])]:
             try:
                 await state.close()
             except StoreUnavailable as exc:

@@ -2,29 +2,24 @@
 reload that leaves a cache unchanged keeps its entries), and in-flight misses for
 single-flight coalescing.
 
-A cache lives as long as some policy snapshot names it: requests still running on an
-older snapshot keep using theirs, and once no snapshot names a cache any more it is closed
-(its Redis connections) and dropped (its memory). Without that, every GitOps edit of a
-cache's settings left the old cache behind for the life of the process.
+A cache lives as long as some policy snapshot names it (`holds.py`): requests still
+running on an older snapshot keep using theirs, and once no snapshot names a cache any
+more it is closed (its Redis connections) and dropped (its memory).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import weakref
-from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sidecar.policy.model import CachePolicy
 from sidecar.stores.answers import Answers, MemoryAnswers
+from sidecar.stores.holds import Closer, Holds
 
 if TYPE_CHECKING:
     from sidecar.stores.semantic import SemanticIndex
 
-
-log = logging.getLogger(__name__)
 
 Cache = tuple[Answers, "SemanticIndex | None"]
 
@@ -32,34 +27,18 @@ Cache = tuple[Answers, "SemanticIndex | None"]
 class Caches:
     def __init__(self) -> None:
         self._caches: dict[CachePolicy, Cache] = {}
-        self._holders: Counter[CachePolicy] = Counter()  # live snapshots naming each policy
-        self._closing: set[asyncio.Task[None]] = set()
+        self._holds: Holds[CachePolicy] = Holds(self._drop)
+        self._closer = Closer()
         self.flights: dict[str, asyncio.Future[None]] = {}
 
     def hold(self, snapshot: object, policies: Iterable[CachePolicy]) -> None:
         """Keep the caches of `policies` while `snapshot` lives; let go of them after."""
-        held = tuple(set(policies))
-        self._holders.update(held)
-        weakref.finalize(snapshot, self._let_go, held).atexit = False
+        self._holds.hold(snapshot, policies)
 
-    def _let_go(self, policies: tuple[CachePolicy, ...]) -> None:
-        for policy in policies:
-            self._holders[policy] -= 1
-            if self._holders[policy] > 0:
-                continue
-            del self._holders[policy]
-            cache = self._caches.pop(policy, None)
-            if cache is not None:
-                self._close_soon(cache)
-
-    def _close_soon(self, cache: Cache) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop: the process is ending and takes the connections with it
-        task = loop.create_task(_close(cache))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    def _drop(self, policy: CachePolicy) -> None:
+        cache = self._caches.pop(policy, None)
+        if cache is not None:
+            self._closer.close_soon("cache", lambda: _close(cache))
 
     def get(self, policy: CachePolicy) -> Cache:
         found = self._caches.get(policy)
@@ -88,15 +67,11 @@ class Caches:
         for cache in self._caches.values():
             await _close(cache)
         self._caches.clear()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closer.wait()
 
 
 async def _close(cache: Cache) -> None:
     answers, index = cache
-    try:
-        await answers.close()
-        if index is not None:
-            await index.close()
-    except Exception as exc:  # a cache that cannot close cleanly must not take others along
-        log.warning("closing a retired cache failed (%s)", exc.__class__.__name__)
+    await answers.close()
+    if index is not None:
+        await index.close()

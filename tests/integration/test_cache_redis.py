@@ -3,12 +3,11 @@ on the other, for exact keys and for semantic neighbours (vectors shared through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import openai
 import pytest
-import redis.asyncio as aioredis
 
 from sidecar.app import Sidecar
 from tests.support.redis import RedisServer
@@ -103,15 +102,11 @@ async def test_reloads_that_change_a_cache_close_the_old_ones_redis_connections(
             """,
         )
 
-    async def connected() -> int:
-        async with aioredis.from_url(redis_server.url) as client:
-            return int((await client.info("clients"))["connected_clients"]) - 1  # not ours
-
     policy(60)
     sc = await start_sidecar(folder, state_dir=tmp_path)
     try:
         await ask(sc, "plain", "q60")  # the cache's client connects on first use
-        before = await connected()
+        before = await redis_server.clients()
         for ttl in range(61, 71):  # ten GitOps edits, each a cache with new settings
             policy(ttl)
             await sc.holder.reload()
@@ -119,10 +114,6 @@ async def test_reloads_that_change_a_cache_close_the_old_ones_redis_connections(
             assert sc.holder.current.policy.routes["plain"].cache.ttl == ttl  # type: ignore[union-attr]
             assert await ask(sc, "plain", f"q{ttl}") == ("hello from upstream", "miss")
         # The old snapshots end with their last request: no collection needed.
-        assert await eventually(lambda: _at_most(connected, before), within=3.0)
+        assert await eventually(lambda: redis_server.at_most(before), within=3.0)
     finally:
         await sc.stop()
-
-
-async def _at_most(count: Callable[[], Awaitable[int]], limit: int) -> bool:
-    return await count() <= limit

@@ -17,6 +17,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.providers.http import HttpProvider
+from tests.support.redis import RedisServer
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
 from tests.support.wait import eventually
@@ -417,5 +418,40 @@ async def test_readiness_follows_the_policy(folder: Path, upstream: FakeOpenAI):
             await eventually(ready, within=WITHIN)
             assert (await ask(api))[0] == "from b"
             assert await ops(sc, "/healthz") == (200, {"status": "ok"})
+    finally:
+        await sc.stop()
+
+
+async def test_a_state_backend_a_reload_replaced_is_closed_after_its_last_request(
+    tmp_path: Path, upstream: FakeOpenAI, redis_server: RedisServer
+):
+    folder = tmp_path / "p"
+    providers = f"""
+        providers:
+          main: {{type: openai, base_url: "{upstream.base_url}"}}
+        models:
+          a: {{provider: main, name: up-a}}
+        routes:
+          chat: {{targets: [a]}}
+        """
+    write_policy(
+        folder, "p.yaml", providers + f'state: {{backend: redis, url: "{redis_server.url}"}}'
+    )
+    baseline = await redis_server.clients()
+    sc = await start_sidecar(folder, state_dir=tmp_path)
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0
+        ) as api:
+            await api.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert await redis_server.clients() > baseline  # usage went to Redis
+            write_policy(folder, "p.yaml", providers + "state: {backend: memory}")
+            await sc.holder.reload()
+            await api.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert await eventually(lambda: redis_server.at_most(baseline), within=3.0)
     finally:
         await sc.stop()

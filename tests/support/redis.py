@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
 
 class RedisServer:
     def __init__(self, workdir: Path) -> None:
@@ -46,6 +48,14 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    async def clients(self) -> int:
+        """Connections open to this server, not counting the one that asks."""
+        async with aioredis.from_url(self.url) as client:
+            return int((await client.info("clients"))["connected_clients"]) - 1
+
+    async def at_most(self, clients: int) -> bool:
+        return await self.clients() <= clients
 
     def stop(self) -> None:
         if self.proc.poll() is None:
