@@ -7,7 +7,7 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -426,14 +426,7 @@ async def test_a_state_backend_a_reload_replaced_is_closed_after_its_last_reques
     tmp_path: Path, upstream: FakeOpenAI, redis_server: RedisServer
 ):
     folder = tmp_path / "p"
-    providers = f"""
-        providers:
-          main: {{type: openai, base_url: "{upstream.base_url}"}}
-        models:
-          a: {{provider: main, name: up-a}}
-        routes:
-          chat: {{targets: [a]}}
-        """
+    providers = _one_route(upstream)
     write_policy(
         folder, "p.yaml", providers + f'state: {{backend: redis, url: "{redis_server.url}"}}'
     )
@@ -455,3 +448,50 @@ async def test_a_state_backend_a_reload_replaced_is_closed_after_its_last_reques
         assert await eventually(lambda: redis_server.at_most(baseline), within=3.0)
     finally:
         await sc.stop()
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_editing_state_settings_keeps_usage_and_spend(
+    tmp_path: Path, upstream: FakeOpenAI, backend: str
+):
+    folder = tmp_path / "p"
+    providers = _one_route(upstream)
+    write_policy(folder, "p.yaml", providers + f"state: {{backend: {backend}}}")
+    sc = await start_sidecar(folder, state_dir=tmp_path)
+
+    async def requests() -> int:
+        url = f"http://127.0.0.1:{sc.ops_port}/usage?scope=route"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            rows = {row["value"]: row for row in (await r.json())["rows"]}
+        return int(rows["chat"]["requests"]) if "chat" in rows else 0
+
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0
+        ) as api:
+            ask = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+            await api.chat.completions.create(**ask)  # type: ignore[call-overload]
+            assert await eventually(lambda: _equals(requests, 1))
+            edit = f"state: {{backend: {backend}, on_error: closed, flush_interval: 200ms}}"
+            write_policy(folder, "p.yaml", providers + edit)
+            assert await sc.holder.reload()
+            await api.chat.completions.create(**ask)  # type: ignore[call-overload]
+            assert await eventually(lambda: _equals(requests, 2))
+    finally:
+        await sc.stop()
+
+
+async def _equals(count: Callable[[], Awaitable[int]], expected: int) -> bool:
+    return await count() == expected
+
+
+def _one_route(upstream: FakeOpenAI) -> str:
+    """A policy with route `chat` to one model, for tests that vary only `state:`."""
+    return f"""
+        providers:
+          main: {{type: openai, base_url: "{upstream.base_url}"}}
+        models:
+          a: {{provider: main, name: up-a}}
+        routes:
+          chat: {{targets: [a]}}
+        """
