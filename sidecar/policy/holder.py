@@ -24,9 +24,8 @@ from sidecar.policy.source import SourceFile, content_hash, read_folder
 from sidecar.providers.base import Provider
 from sidecar.providers.pool import ProviderPool
 from sidecar.stores import Stores
-from sidecar.stores.backends import open_state
+from sidecar.stores.backends import apply_settings, open_state, same_store
 from sidecar.stores.holds import Closer, Holds
-from sidecar.stores.sqlite import SqliteState
 from sidecar.stores.state import State, StoreUnavailable
 from sidecar.telemetry.recorder import Telemetry
 
@@ -131,13 +130,11 @@ class PolicyHolder:
 
     async def _state_for(self, config: StateConfig) -> State:
         """The state backend `config` asks for: the current one while it is the same store
-        (an edit of `on_error` or `flush_interval` must not reset usage and spend, nor put a
-        second writer on one SQLite file). A replaced one stays open for requests of older
-        snapshots and closes after the last."""
-        if self._state is not None and _same_store(self._state[0], config):
+        (`same_store`). A replaced one stays open for requests of older snapshots and closes
+        after the last."""
+        if self._state is not None and same_store(self._state[0], config):
             state = self._state[1]
-            if isinstance(state, SqliteState):
-                state.flush_interval = config.flush_interval  # read at every flush
+            apply_settings(state, config)
             self._state = (config, state)
             return state
         state = await open_state(config, self.state_dir)
@@ -198,11 +195,3 @@ class PolicyHolder:
                 await state.close()
             except StoreUnavailable as exc:
                 log.error("state: closing failed (%s)", exc)
-
-
-def _same_store(a: StateConfig, b: StateConfig) -> bool:
-    if a.backend != b.backend:
-        return False
-    if a.backend == "sqlite":
-        return a.path == b.path
-    return a.backend == "memory" or a.url == b.url

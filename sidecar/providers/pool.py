@@ -7,7 +7,6 @@ This is the only state the providers hold, and it is keyed by stable names.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -16,6 +15,7 @@ from sidecar.providers.anthropic import AnthropicProvider
 from sidecar.providers.http import HttpProvider
 from sidecar.providers.mock import MockProvider
 from sidecar.providers.openai import OpenAIProvider
+from sidecar.stores.holds import Closer
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ ADAPTERS: dict[str, type[HttpProvider] | type[MockProvider]] = {
 class ProviderPool:
     def __init__(self) -> None:
         self._live: dict[str, tuple[ProviderConfig, Adapter]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closer = Closer()
 
     def materialize(self, configs: Mapping[str, ProviderConfig]) -> dict[str, Adapter]:
         """Clients for `configs`, reusing unchanged ones; retires the rest."""
@@ -53,9 +53,7 @@ class ProviderPool:
         still call it later (a retry after its backoff); that call reopens it."""
 
         def close() -> None:
-            task = asyncio.get_running_loop().create_task(_close_if_idle(adapter))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closer.close_soon("provider", lambda: _close_if_idle(adapter))
 
         adapter.when_idle(close)
         if not adapter.busy:
@@ -65,8 +63,7 @@ class ProviderPool:
         for _, adapter in self._live.values():
             await adapter.close()
         self._live = {}
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closer.wait()
 
 
 async def _close_if_idle(adapter: Adapter) -> None:
