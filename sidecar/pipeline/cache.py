@@ -169,27 +169,21 @@ async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
             reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
         answer = orjson.loads(reply.body)
         raw = answer["data"][0]["embedding"]
-    except (
-        UpstreamError,
-        TimeoutError,
-        orjson.JSONDecodeError,
-        KeyError,
-        IndexError,
-        TypeError,
-    ) as exc:
-        if isinstance(exc, UpstreamError):
-            why = exc.message
-        elif isinstance(exc, TimeoutError):
-            why = f"no answer within {timeout:g}s"
-        else:
-            why = exc.__class__.__name__
-        log.warning("semantic cache: embedding failed (%s); exact lookup only", why)
-        return None
+    except TimeoutError:
+        return _no_vector(f"no answer within {timeout:g}s")
+    except UpstreamError as exc:
+        return _no_vector(exc.message)
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        return _no_vector(exc.__class__.__name__)
     tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
     ctx.cost_usd = (ctx.cost_usd or 0.0) + cost_usd(model.price, tokens, 0, 0)
     vector = np.asarray(raw, dtype=np.float32)
     norm = float(np.linalg.norm(vector)) or 1.0
     return vector / norm
+
+
+def _no_vector(why: str) -> None:
+    log.warning("semantic cache: embedding failed (%s); exact lookup only", why)
 
 
 def _text(content: Any) -> str:

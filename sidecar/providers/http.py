@@ -142,9 +142,10 @@ class HttpProvider:
             **dict(config.headers),
         }
         # A JSON call's whole attempt runs under its caller's deadline (dispatch's, or
-        # the semantic cache's), so aiohttp's own timers would only repeat that work: about
-        # a tenth of the client's CPU per request. A stream outlives that deadline once its
-        # first event is in, and then only the read timeout notices an upstream gone silent.
+        # the semantic cache's), so aiohttp's own timers would only repeat that work (1.5%
+        # of a request's instructions, bench/instructions.py). A stream outlives that
+        # deadline once its first event is in; then only the read timeout notices an
+        # upstream gone silent.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.timeout, sock_read=config.timeout
         )
