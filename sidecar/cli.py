@@ -14,11 +14,6 @@ from sidecar.policy.compile import load_folder
 from sidecar.policy.problems import PolicyInvalid
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-sidecar", description="An LLM gateway beside your app.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -26,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the sidecar")
     launch.add_process_options(serve, "folder for the sqlite state file")
     serve.add_argument("--host", default=os.environ.get("SIDECAR_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=_env_int("SIDECAR_PORT", 8480))
+    serve.add_argument("--port", type=int, default=launch.env_int("SIDECAR_PORT", 8480))
     serve.add_argument(
         "--drain-timeout",
         type=float,
@@ -56,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument(
         "--ops",
         default=os.environ.get(
-            "SIDECAR_OPS_URL", f"http://127.0.0.1:{_env_int('SIDECAR_OPS_PORT', 8481)}"
+            "SIDECAR_OPS_URL", f"http://127.0.0.1:{launch.env_int('SIDECAR_OPS_PORT', 8481)}"
         ),
         help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
     )
@@ -66,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--ops",
         default=os.environ.get(
-            "SIDECAR_OPS_URL", f"http://127.0.0.1:{_env_int('SIDECAR_OPS_PORT', 8481)}"
+            "SIDECAR_OPS_URL", f"http://127.0.0.1:{launch.env_int('SIDECAR_OPS_PORT', 8481)}"
         ),
         help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
     )

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 
+def env_int(name: str, default: int) -> int:
+    """An integer option's default from the environment; unset or empty means `default`."""
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
 def add_process_options(
     parser: argparse.ArgumentParser, state_help: str, ops_help: str = "health and status port"
 ) -> None:
@@ -32,7 +38,7 @@ def add_process_options(
     parser.add_argument(
         "--ops-port",
         type=int,
-        default=int(os.environ.get("SIDECAR_OPS_PORT") or 8481),
+        default=env_int("SIDECAR_OPS_PORT", 8481),
         help=ops_help,
     )
     parser.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
