@@ -1,6 +1,6 @@
-# The two commands of the README, each working on a fresh clone.
-#   make run    the sidecar on the example policies (mock provider: no keys, no servers)
-#   make test   lint and the whole test suite (what CI runs)
+# Shorthands for dev.py, which holds the README's two commands and needs only Python:
+#   make run    = python3 dev.py run    the sidecar on the example policies (mock provider)
+#   make test   = python3 dev.py test   lint and the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
@@ -13,16 +13,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/llm-sidecar serve --policies policies
+run:
+	$(PYTHON) dev.py run
 
 check: $(STAMP)
 	$(VENV)/bin/llm-sidecar check policies
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/llm-sidecar check policies
-	$(VENV)/bin/pytest
+test:
+	$(PYTHON) dev.py test
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py

@@ -18,6 +18,19 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def default_state_dir() -> Path:
+    """Where state files live unless told: `$SIDECAR_STATE_DIR`, else the user's state folder
+    (`$XDG_STATE_HOME/llm-sidecar`, `~/.local/state/llm-sidecar`), never the current folder,
+    so a run from a checkout leaves no database in the repository. The image sets
+    `SIDECAR_STATE_DIR` to its volume."""
+    given = os.environ.get("SIDECAR_STATE_DIR")
+    if given:
+        return Path(given)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "llm-sidecar"
+
+
 def add_process_options(
     parser: argparse.ArgumentParser, state_help: str, ops_help: str = "health and status port"
 ) -> None:
@@ -31,8 +44,9 @@ def add_process_options(
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=Path(os.environ.get("SIDECAR_STATE_DIR", ".")),
-        help=f"{state_help} (default $SIDECAR_STATE_DIR or .)",
+        default=None,
+        help=f"{state_help} (default $SIDECAR_STATE_DIR, else $XDG_STATE_HOME/llm-sidecar"
+        " or ~/.local/state/llm-sidecar)",
     )
     parser.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
     parser.add_argument(

@@ -77,9 +77,16 @@ class ChildProcess:
 
     RESPAWNS = 3
 
-    def __init__(self, kind: str, argv: list[str], log_dir: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        argv: list[str],
+        log_dir: Path,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+    ) -> None:
         self.kind = kind
-        self._argv, self._env = argv, {**os.environ, **env}
+        self._argv, self._env, self._cwd = argv, {**os.environ, **env}, cwd
         self.log_path = log_dir / f"{kind}-{uuid.uuid4().hex[:8]}.log"
         self._log = self.log_path.open("wb")
         self._respawns = 0
@@ -97,6 +104,7 @@ class ChildProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self._env,
+            cwd=self._cwd,
         )
 
     async def wait_ready(self, within: float = 15.0) -> None:
