@@ -153,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
         ops_host=args.ops_host,
         ops_port=args.ops_port,
         drain_timeout=args.drain_timeout,
-        state_dir=args.state_dir or launch.default_state_dir(),
+        state_dir=args.state_dir,
         usage_token=os.environ.get("SIDECAR_USAGE_TOKEN", ""),
     )
     launch.run(Sidecar(settings).run_until_signalled(), args.log_level)

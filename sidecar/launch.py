@@ -44,7 +44,7 @@ def add_process_options(
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=None,
+        default=default_state_dir(),
         help=f"{state_help} (default $SIDECAR_STATE_DIR, else $XDG_STATE_HOME/llm-sidecar"
         " or ~/.local/state/llm-sidecar)",
     )

@@ -80,7 +80,7 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     settings = WorkerSettings(
         policies=args.policies,
-        state_dir=args.state_dir or launch.default_state_dir(),
+        state_dir=args.state_dir,
         workers=args.workers,
         ops_host=args.ops_host,
         ops_port=args.ops_port,
