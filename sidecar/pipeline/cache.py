@@ -23,7 +23,7 @@ import orjson
 from sidecar.errors import SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.pricing import cost_usd
-from sidecar.pipeline.synth import events_from_completion, replay
+from sidecar.pipeline.synth import assemble, events_from_completion, replay
 from sidecar.policy.model import CachePolicy
 from sidecar.providers.base import EMBEDDINGS, Call, Events, Reply
 from sidecar.stores.state import StoreUnavailable
@@ -210,14 +210,12 @@ def remember(ctx: RequestContext, reply: Reply) -> Reply:
 
 
 async def _collect(ctx: RequestContext, events: Events) -> Events:
-    from sidecar.pipeline.validate import _assemble  # the same reassembly validation uses
-
     seen: list[bytes] = []
     async for batch in events:
         seen += batch
         yield batch
     if seen and seen[-1].startswith(b"data: [DONE]"):
-        answer = _assemble(seen)
+        answer = assemble(seen)
         if _complete(answer):
             ctx.cache_store = answer
 

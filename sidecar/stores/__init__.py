@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sidecar.stores.breakers import Breakers
 from sidecar.stores.caches import Caches
 from sidecar.stores.lines import Lines
+from sidecar.stores.settlements import Settlements
 from sidecar.stores.validators import Validators
 
 
@@ -20,3 +21,4 @@ class Stores:
     validators: Validators = field(default_factory=Validators)
     caches: Caches = field(default_factory=Caches)
     lines: Lines = field(default_factory=Lines)
+    settlements: Settlements = field(default_factory=Settlements)
