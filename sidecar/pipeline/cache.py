@@ -245,10 +245,13 @@ async def store(ctx: RequestContext) -> None:
         land(ctx)
 
 
-async def purge(ctx_stores: Any, cache: str, route: str) -> int:
+async def purge(stores: Any, policy: CachePolicy, route: str) -> int:
+    """Drop a route's cached answers. The route's cache is opened first: a sidecar that has
+    not served the route yet still reaches a shared (Redis) store."""
+    stores.caches.get(policy)
     removed = 0
-    for answers, index in ctx_stores.caches.by_name(cache):
-        removed += await answers.purge(f"c:{cache}:{route}:")
+    for answers, index in stores.caches.by_name(policy.name):
+        removed += await answers.purge(f"c:{policy.name}:{route}:")
         if index is not None:
-            await index.drop(f"c:{cache}:{route}:")
+            await index.drop(f"c:{policy.name}:{route}:")
     return removed
