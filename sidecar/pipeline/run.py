@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from sidecar.errors import SidecarError
 from sidecar.pipeline.account import record
 from sidecar.pipeline.admit import admit, release
-from sidecar.pipeline.cache import lookup, remember, store
+from sidecar.pipeline.cache import land, lookup, remember, store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.identify import identify
@@ -41,9 +42,13 @@ async def run(ctx: RequestContext) -> Reply:
     hit = await lookup(ctx)
     if hit is not None:
         return hit
-    enforce(ctx)
-    reply = await dispatch(ctx)
-    reply = await validate(ctx, reply)
+    try:
+        enforce(ctx)
+        reply = await dispatch(ctx)
+        reply = await validate(ctx, reply)
+    except SidecarError as exc:
+        land(ctx, exc)  # identical requests waiting on this one's answer share its failure
+        raise
     reply = remember(ctx, reply)
     return meter(ctx, reply)
 

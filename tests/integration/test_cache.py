@@ -132,6 +132,49 @@ async def test_concurrent_identical_misses_make_one_upstream_call(make, upstream
     assert sorted(h["x-sidecar-cache"] for _, h in results).count("hit") == 19
 
 
+async def test_a_leader_that_leaves_hands_the_flight_to_one_waiter(make, upstream: FakeOpenAI):
+    """The first caller gives up (its call is cancelled, as every abandoned call is); one of
+    the callers waiting on it asks instead, and the others wait on that one."""
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="Paris", delay=1.0)
+    async with api(sc) as impatient:
+        leaving = asyncio.create_task(
+            impatient.chat.completions.create(model="chat", messages=Q, temperature=0, timeout=0.3)
+        )
+        await asyncio.sleep(0.1)  # it leads the flight
+        results = await asyncio.gather(*(ask(sc) for _ in range(9)))
+        with pytest.raises(openai.APITimeoutError):
+            await leaving
+    assert {text for text, _ in results} == {"Paris"}
+    assert len(upstream.calls("up-a")) == 2  # the abandoned call and the new leader's
+    assert sorted(h["x-sidecar-cache"] for _, h in results) == ["hit"] * 8 + ["miss"]
+
+
+async def test_waiters_share_the_leaders_failure_instead_of_each_calling(
+    make, upstream: FakeOpenAI
+):
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", status=500, delay=0.3)
+    outcomes = await asyncio.gather(*(ask(sc) for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(o, openai.InternalServerError) for o in outcomes), outcomes
+    assert {o.status_code for o in outcomes} == {502}  # type: ignore[union-attr]
+    assert len(upstream.calls("up-a")) == 1
+
+
+async def test_waiters_ask_at_once_when_the_leaders_answer_cannot_be_shared(
+    make, upstream: FakeOpenAI
+):
+    """A cut answer is not cached: each waiter asks for its own, all at once, not in turn."""
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="Par", delay=0.3, finish_reason="length")
+    results = await asyncio.gather(*(ask(sc) for _ in range(5)))
+    assert {text for text, _ in results} == {"Par"}
+    calls = upstream.calls("up-a")
+    assert len(calls) == 5
+    waiters = sorted(call.at for call in calls)[1:]
+    assert waiters[-1] - waiters[0] < 0.2  # together, after the leader; not one by one
+
+
 async def test_streams_are_cached_when_complete_and_replayed_as_sse(make, upstream: FakeOpenAI):
     sc = await make("{mode: exact}")
     upstream.behave("up-a", reply="The capital is Paris")
