@@ -20,7 +20,7 @@ from aiohttp import web
 from opentelemetry.trace import Span
 
 from sidecar.api.keys import HOLDER
-from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
+from sidecar.errors import BodyTooLarge, InvalidRequest, NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Events, Reply
@@ -133,9 +133,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        too_large = InvalidRequest(f"request body is too large ({exc.text})", code="body_too_large")
-        too_large.status = 413
-        raise too_large from None
+        raise BodyTooLarge(f"request body is too large ({exc.text})") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
