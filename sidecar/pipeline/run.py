@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from sidecar.errors import SidecarError
 from sidecar.pipeline.account import record
-from sidecar.pipeline.admit import admit, release
+from sidecar.pipeline.admit import admit, note_output, release
 from sidecar.pipeline.cache import land, lookup, remember, store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
@@ -62,6 +62,7 @@ class Ending:
 
 
 def finish(ctx: RequestContext) -> Ending:
+    note_output(ctx)  # how long the route's answers are, for the next budget holds
     settlements = ctx.snapshot.stores.settlements
     freed = settlements.start(_free(ctx))
     return Ending(freed, settlements.start(_account(ctx, freed)))

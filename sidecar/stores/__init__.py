@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sidecar.stores.answer_sizes import AnswerSizes
 from sidecar.stores.breakers import Breakers
 from sidecar.stores.caches import Caches
 from sidecar.stores.lines import Lines
@@ -22,3 +23,4 @@ class Stores:
     caches: Caches = field(default_factory=Caches)
     lines: Lines = field(default_factory=Lines)
     settlements: Settlements = field(default_factory=Settlements)
+    answer_sizes: AnswerSizes = field(default_factory=AnswerSizes)
