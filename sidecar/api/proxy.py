@@ -100,13 +100,16 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
             response, error = await _relay(request, reply, ctx, _headers(ctx, span), dialect)
             return response
         finally:
-            ending = finish(ctx)  # in tasks of their own: the app's disconnect cannot stop them
+            ending = finish(ctx)  # in a task of its own: the app's disconnect cannot stop it
             try:
                 # The answer's last byte waits until its slots are back and it is in the
-                # cache: an app that asks again at once finds both. The books follow.
+                # cache: an app that asks again at once finds both. The books follow; the
+                # connection's next request waits for them, as it always waited for this
+                # handler, so an app asking in turn is admitted against its settled spend.
                 await asyncio.shield(ending.freed)
                 if response is not None:
                     await _send(request, response)
+                await asyncio.shield(ending.done)
             finally:
                 observe(ctx, span, status, error)
 

@@ -57,24 +57,24 @@ async def run(ctx: RequestContext) -> Reply:
 class Ending:
     """A request's settling, under way. Await either through `asyncio.shield`."""
 
-    freed: asyncio.Task[None]  # slots given back, the answer cached: it may go out now
+    freed: asyncio.Future[None]  # slots given back, the answer cached: it may go out now
     done: asyncio.Task[None]  # and the books written
 
 
 def finish(ctx: RequestContext) -> Ending:
     note_output(ctx)  # how long the route's answers are, for the next budget holds
-    settlements = ctx.snapshot.stores.settlements
-    freed = settlements.start(_free(ctx))
-    return Ending(freed, settlements.start(_account(ctx, freed)))
+    freed = asyncio.get_running_loop().create_future()
+    return Ending(freed, ctx.snapshot.stores.settlements.start(_settle(ctx, freed)))
 
 
-async def _free(ctx: RequestContext) -> None:
+async def _settle(ctx: RequestContext, freed: asyncio.Future[None]) -> None:
+    """One task, so the books follow at once: with an in-process store they are written
+    before the answer goes out; with a remote one, while it goes out."""
     try:
-        await release(ctx)  # first: a slot never waits on a cache or usage write
+        try:
+            await release(ctx)  # first: a slot never waits on a cache or usage write
+        finally:
+            await store(ctx)  # which also wakes the requests waiting on this one's answer
     finally:
-        await store(ctx)  # which also wakes the requests waiting on this one's answer
-
-
-async def _account(ctx: RequestContext, freed: asyncio.Task[None]) -> None:
-    await asyncio.wait((freed,))  # its failure is logged by its own task
+        freed.set_result(None)
     await record(ctx)

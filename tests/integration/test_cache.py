@@ -13,6 +13,7 @@ import pytest
 from sidecar.app import Sidecar
 from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -136,18 +137,28 @@ async def test_a_leader_that_leaves_hands_the_flight_to_one_waiter(make, upstrea
     """The first caller gives up (its call is cancelled, as every abandoned call is); one of
     the callers waiting on it asks instead, and the others wait on that one."""
     sc = await make("{mode: exact}")
-    upstream.behave("up-a", reply="Paris", delay=1.0)
-    async with api(sc) as impatient:
-        leaving = asyncio.create_task(
-            impatient.chat.completions.create(model="chat", messages=Q, temperature=0, timeout=0.3)
-        )
-        await asyncio.sleep(0.1)  # it leads the flight
-        results = await asyncio.gather(*(ask(sc) for _ in range(9)))
-        with pytest.raises(openai.APITimeoutError):
-            await leaving
+    upstream.behave("up-a", reply="Paris", delay=1.5)
+    url = f"http://127.0.0.1:{sc.port}/v1/chat/completions"
+    body = {"model": "chat", "messages": Q, "temperature": 0}
+
+    async def call(session: aiohttp.ClientSession) -> tuple[str, str]:
+        async with session.post(url, json=body) as r:
+            answer = await r.json()
+            return answer["choices"][0]["message"]["content"], r.headers["x-sidecar-cache"]
+
+    async def its_call_is_out() -> bool:
+        return bool(upstream.calls("up-a"))
+
+    async with aiohttp.ClientSession() as session:
+        leaving = asyncio.create_task(call(session))
+        await eventually(its_call_is_out)  # it leads the flight
+        waiting = asyncio.gather(*(call(session) for _ in range(9)))
+        await asyncio.sleep(0.4)  # they wait on it
+        leaving.cancel()  # the app gives up: its connection closes, its call is cancelled
+        results = await waiting
     assert {text for text, _ in results} == {"Paris"}
     assert len(upstream.calls("up-a")) == 2  # the abandoned call and the new leader's
-    assert sorted(h["x-sidecar-cache"] for _, h in results) == ["hit"] * 8 + ["miss"]
+    assert sorted(how for _, how in results) == ["hit"] * 8 + ["miss"]
 
 
 async def test_waiters_share_the_leaders_failure_instead_of_each_calling(
