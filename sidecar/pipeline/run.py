@@ -10,7 +10,7 @@
 
 Each stage is a plain function over the request context, so adding one is one line here.
 `finish` runs from the handler's `finally` (api/proxy.py, jobs/execute.py) whatever
-happened, so every reservation admission makes is settled or released; it runs in tasks
+happened, so every reservation admission makes is settled or released; it runs in a task
 the handler's cancellation cannot reach (a client that disconnects cancels its handler),
 so an answer that was produced is always accounted.
 """
