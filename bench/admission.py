@@ -18,11 +18,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from sidecar.pipeline.account import finish
 from sidecar.pipeline.admit import admit
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.route import route
+from sidecar.pipeline.run import finish
 from sidecar.policy.holder import PolicyHolder
 
 POLICY = """
@@ -68,7 +68,7 @@ async def measure(holder: PolicyHolder, model: str, n: int) -> list[float]:
         await admit(ctx)
         ctx.answered_by = ctx.targets[0].model
         ctx.attempts, ctx.input_tokens, ctx.output_tokens, ctx.cost_usd = 1, 120, 80, 0.0001
-        await finish(ctx)
+        await finish(ctx).done
         samples.append((time.perf_counter() - t0) * 1e3)
     return samples
 

@@ -3,7 +3,8 @@
 The proxy listens on loopback (only the pod's own app may reach it); the ops listener
 serves health and status on all interfaces for the kubelet. On stop: readiness turns
 false, the listeners close, requests in flight (streams too) get `drain_timeout` to finish,
-then provider connections close.
+the accounting of answered requests gets `SETTLE_GRACE`, then stores and provider
+connections close.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from sidecar.policy.watcher import watch
 from sidecar.telemetry.recorder import Telemetry
 
 log = logging.getLogger("sidecar")
+
+SETTLE_GRACE = 10.0  # at shutdown: for answered requests to record usage (a few store calls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,8 @@ class Sidecar:
         await proxy.cleanup()  # stops accepting, then waits for requests in flight
         await ops_runner.cleanup()
         await jobs
+        # The books of the last answers, before the stores they are written to close.
+        await self.holder.stores.settlements.drain(SETTLE_GRACE)
         await self.jobs.close()
         if self._watcher is not None:
             await self._watcher

@@ -2,6 +2,7 @@
 
     SidecarError                  an answer to the client: status, OpenAI type/code, Retry-After
     ├── InvalidRequest            400  the request itself is wrong (bad JSON, missing model)
+    │   └── BodyTooLarge          413  the body (or an uploaded file) is above the endpoint's limit
     ├── ModelNotFound             404  no route and no model by that name; lists what exists
     ├── NotReady                  503  no valid policy loaded yet, or shutting down
     ├── RateLimited               429  a limit is full and its queue too (or the wait ran out)
@@ -49,6 +50,13 @@ class InvalidRequest(SidecarError):
     def __init__(self, message: str, *, code: str = "invalid_request") -> None:
         super().__init__(message)
         self.code = code
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="body_too_large")
 
 
 class ModelNotFound(SidecarError):

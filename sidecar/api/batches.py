@@ -20,7 +20,7 @@ from aiohttp import BodyPartReader, web
 
 from sidecar.api.jobs import answer, answered, caller, context, not_found
 from sidecar.api.proxy import _json_body
-from sidecar.errors import InvalidRequest
+from sidecar.errors import BodyTooLarge, InvalidRequest
 from sidecar.jobs import batches
 from sidecar.jobs.model import ENDPOINTS, new_id
 from sidecar.jobs.queue import StoredFile
@@ -31,8 +31,14 @@ PURPOSES = ("batch",)
 
 @answered
 async def upload(request: web.Request) -> web.Response:
-    _, _, queue = context(request)
-    purpose, filename, content = await _multipart(request)
+    _, config, queue = context(request)
+    limit = config.max_file_bytes  # files may be larger than request bodies, or smaller
+    try:
+        purpose, filename, content = await _multipart(request.clone(client_max_size=limit))
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(
+            f"the file is larger than {limit} bytes (the policy's jobs.max_file_bytes)"
+        ) from None
     if purpose not in PURPOSES:
         raise InvalidRequest("purpose must be 'batch'", code="invalid_purpose")
     file = StoredFile(new_id("file-"), filename, purpose, len(content), int(time.time()))

@@ -6,6 +6,8 @@ the internal shape and answers and errors back; everything else is the same for 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -13,14 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from opentelemetry.trace import Span
 
 from sidecar.api.keys import HOLDER
-from sidecar.errors import InvalidRequest, NotReady, SidecarError, UpstreamError
-from sidecar.pipeline.cache import store
+from sidecar.errors import BodyTooLarge, InvalidRequest, NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Events, Reply
@@ -100,26 +100,28 @@ async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.S
             response, error = await _relay(request, reply, ctx, _headers(ctx, span), dialect)
             return response
         finally:
+            ending = finish(ctx)  # in a task of its own: the app's disconnect cannot stop it
             try:
-                if response is not None and not response.prepared:
-                    # First into the cache: an answer the app has is one any replica can
-                    # give again. Then the answer; then the accounting, in `finish`.
-                    await store(ctx)
+                # The answer's last byte waits until its slots are back and it is in the
+                # cache: an app that asks again at once finds both. The books follow; the
+                # connection's next request waits for them, as it always waited for this
+                # handler, so an app asking in turn is admitted against its settled spend.
+                await asyncio.shield(ending.freed)
+                if response is not None:
                     await _send(request, response)
-            finally:  # even when the app's disconnect cancels the send
-                await finish(ctx)
+                await asyncio.shield(ending.done)
+            finally:
                 observe(ctx, span, status, error)
 
 
 async def _send(request: web.Request, response: web.StreamResponse) -> None:
-    """Send the answer before `finish` accounts for it, instead of after (as returning it
-    to aiohttp would): the app does not wait on bookkeeping. Spend stays safe: a request's
-    budget hold stands until `finish` settles it. aiohttp's own send is a no-op then."""
-    try:
-        await response.prepare(request)
+    """End the answer here rather than by returning it to aiohttp, so that it follows
+    `finish`'s first part; aiohttp's own send is a no-op then. An app that went away
+    costs nothing: accounting goes on without it."""
+    with contextlib.suppress(ConnectionResetError):  # aiohttp's ClientConnectionResetError is one
+        if not response.prepared:
+            await response.prepare(request)
         await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass  # the app went away; accounting still happens
 
 
 def _headers(ctx: RequestContext, span: Span | None) -> dict[str, str]:
@@ -134,9 +136,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        too_large = InvalidRequest(f"request body is too large ({exc.text})", code="body_too_large")
-        too_large.status = 413
-        raise too_large from None
+        raise BodyTooLarge(f"request body is too large ({exc.text})") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -156,16 +156,17 @@ async def _relay(
     dialect: Dialect,
 ) -> tuple[web.StreamResponse, str | None]:
     """Pass events on as they arrive. A stream that breaks ends with an error event, never
-    silently: the SDKs raise it, so a cut answer is never taken for a complete one.
-    Returns the response and, when the stream broke, the error class."""
+    silently: the SDKs raise it, so a cut answer is never taken for a complete one. An app
+    that goes away mid-stream ends the relay and the upstream call, quietly.
+    Returns the response (ended by `_send`) and, when the stream broke, the error class."""
     assert reply.events is not None
     response = web.StreamResponse(
         headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}
     )
-    await response.prepare(request)
     complete = False
     failure: bytes | None = None
     try:
+        await response.prepare(request)
         async for batch in dialect.events(reply.events):
             await response.write(batch[0] if len(batch) == 1 else b"".join(batch))
             if ctx.first_chunk_at is None:
@@ -174,15 +175,18 @@ async def _relay(
                 complete = any(event.startswith(dialect.complete) for event in batch)
     except UpstreamError as exc:
         failure = dialect.error_event(_cut(ctx, exc.message), "upstream_stream_failed")
+    except ConnectionResetError:  # the app went away; what it used is still accounted
+        return response, None
     finally:
         await reply.aclose()
     if failure is None and not complete:
         failure = dialect.error_event(_cut(ctx, "ended early"), "upstream_stream_incomplete")
-    if failure is not None:
-        log.warning("route %s: stream cut after it started", ctx.route.name if ctx.route else "?")
+    if failure is None:
+        return response, None
+    log.warning("route %s: stream cut after it started", ctx.route.name if ctx.route else "?")
+    with contextlib.suppress(ConnectionResetError):
         await response.write(failure)
-    await response.write_eof()
-    return response, None if failure is None else "stream_broken"
+    return response, "stream_broken"
 
 
 def _cut(ctx: RequestContext, why: str) -> str:

@@ -86,7 +86,7 @@ async def purge_cache(request: web.Request) -> web.Response:
     if route is None or route.cache is None:
         return _error(404, f"route '{name}' does not exist or has no cache")
     try:
-        removed = await purge(holder.stores, route.cache.name, route.name)
+        removed = await purge(holder.stores, route.cache, route.name)
     except StoreUnavailable as exc:
         return _error(503, f"cache store unavailable ({exc})")
     return web.Response(

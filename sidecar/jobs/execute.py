@@ -7,6 +7,7 @@ at priority `low`: in a limit's waiting line they stand behind live traffic.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,5 +69,7 @@ async def execute(
             assert reply.events is None, "jobs never stream"
             return Outcome(reply.status, reply.body, None, ctx.response_headers())
         finally:
-            await finish(ctx)
-            observe(ctx, span, status, error)
+            try:  # a job cancelled at shutdown is still accounted (the sidecar drains it)
+                await asyncio.shield(finish(ctx).done)
+            finally:
+                observe(ctx, span, status, error)

@@ -38,7 +38,7 @@ class WorkerSettings:
 
 
 async def run_worker(settings: WorkerSettings) -> None:
-    from sidecar.app import _listen, ops_app  # the server stack, only when a worker runs
+    from sidecar.app import SETTLE_GRACE, _listen, ops_app  # the server stack, when needed
 
     telemetry = Telemetry(os.environ)
     holder = PolicyHolder(settings.policies, None, settings.state_dir, telemetry)
@@ -66,6 +66,7 @@ async def run_worker(settings: WorkerSettings) -> None:
     log.info("signal received: finishing jobs for up to %.0fs", settings.grace)
     lifecycle["draining"] = True
     await jobs.stop(settings.grace)
+    await holder.stores.settlements.drain(SETTLE_GRACE)  # the books of the last jobs
     stop_watching.set()
     await watcher
     if runner is not None:

@@ -1,6 +1,6 @@
-"""Stages after the answer: meter the tokens it used, price them, settle what admission
-took. `meter` runs as the answer leaves (for a stream, as its events pass); `finish`
-runs once the client has it all, or the request failed, from the handler's `finally`.
+"""The books, once a request has ended: its usage rows, its budget hold turned into spend,
+its token-rate estimates corrected, budget warnings. Runs last in `run.finish`, after
+admission's slots are back and the answer is cached, in a task no client can cancel.
 """
 
 from __future__ import annotations
@@ -8,145 +8,23 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any
 
-import orjson
-
-from sidecar.pipeline.admit import release, scope_value
-from sidecar.pipeline.cache import store
+from sidecar.pipeline.admit import scope_value
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.pricing import cost_usd
-from sidecar.providers.base import Events, Reply
 from sidecar.stores import keys
 from sidecar.stores.state import StoreUnavailable, Usage
-from sidecar.tokens import count_text, estimate_request
 
 log = logging.getLogger("sidecar.account")
 
 USAGE_SCOPES = ("global", "user", "team", "route", "model", "key")
 
 
-def meter(ctx: RequestContext, reply: Reply) -> Reply:
-    """Charge a JSON answer now; wrap a stream so its usage chunk is read as it passes
-    (and dropped, when only the sidecar asked for it)."""
-    if reply.events is not None:
-        reply.events = _metered(ctx, reply.events)
-    else:
-        charge_answer(ctx, reply.body)
-    return reply
-
-
-def charge_answer(ctx: RequestContext, body: bytes) -> None:
-    """Add one JSON answer's tokens and cost to the request (validation retries call this
-    for each answer they discard, so every answer paid for is accounted)."""
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        answer = {}
-    ctx.finish_reasons = _finish_reasons(answer)
-    usage = answer.get("usage") if isinstance(answer, dict) else None
-    if isinstance(usage, dict) and usage:
-        _charge_usage(ctx, usage)
-    else:
-        _charge(
-            ctx,
-            ctx.estimate_in or estimate_request(ctx.body),
-            count_text(_answer_text(answer)),
-            0,
-            False,
-        )
-
-
-def charge_events(ctx: RequestContext, events: list[bytes]) -> None:
-    """The same for a buffered stream."""
-    chunks = 0
-    for event in events:
-        if not event.startswith(b"data: {"):
-            continue
-        chunk = orjson.loads(event[6:])
-        if isinstance(chunk.get("usage"), dict):
-            _charge_usage(ctx, chunk["usage"])
-            return
-        chunks += 1
-    _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
-
-
-def _finish_reasons(answer: Any) -> list[str]:
-    try:
-        return [str(c["finish_reason"]) for c in answer["choices"] if c.get("finish_reason")]
-    except (KeyError, TypeError, AttributeError):
-        return []
-
-
-def _charge_usage(ctx: RequestContext, usage: dict[str, Any]) -> None:
-    details = usage.get("prompt_tokens_details") or {}
-    _charge(
-        ctx,
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-        int(details.get("cached_tokens") or 0),
-        True,
-    )
-
-
-def _charge(
-    ctx: RequestContext, input_tokens: int, output_tokens: int, cached: int, known: bool
-) -> None:
-    first = ctx.answers == 0
-    ctx.answers += 1
-    ctx.input_tokens += input_tokens
-    ctx.output_tokens += output_tokens
-    ctx.cached_tokens += cached
-    ctx.usage_known = known if first else (ctx.usage_known and known)
-    model = ctx.answered_by
-    if model is not None:
-        cost = cost_usd(model.price, input_tokens, output_tokens, cached)
-        ctx.cost_usd = cost if ctx.cost_usd is None else ctx.cost_usd + cost
-
-
-def _answer_text(answer: Any) -> str:
-    try:
-        return "".join(str(c["message"].get("content") or "") for c in answer["choices"])
-    except (KeyError, TypeError, AttributeError):
-        return ""
-
-
-async def _metered(ctx: RequestContext, events: Events) -> Events:
-    wants_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
-    chunks = 0
-    usage: dict[str, Any] | None = None
-    try:
-        async for batch in events:
-            out: list[bytes] = []
-            for event in batch:
-                if b'"usage"' in event and event.startswith(b"data: {"):
-                    chunk = orjson.loads(event[6:])
-                    if isinstance(chunk.get("usage"), dict):
-                        usage = chunk["usage"]
-                        if not wants_usage and not chunk.get("choices"):
-                            continue  # the sidecar asked for it, not the client
-                elif event.startswith(b"data: {"):
-                    chunks += 1
-                    if b'"finish_reason":"' in event:
-                        ctx.finish_reasons += _finish_reasons(orjson.loads(event[6:]))
-                out.append(event)
-            if out:
-                yield out
-    finally:
-        if usage is not None:
-            _charge_usage(ctx, usage)
-        else:
-            _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
-
-
-async def finish(ctx: RequestContext) -> None:
-    """Settle everything admission took and record the request's usage. Never raises:
-    the answer has been given; a store that is down costs a log line, not the request."""
+async def record(ctx: RequestContext) -> None:
+    """Record the request's usage and settle its hold. Never raises: the answer has been
+    given; a store that is down costs a log line, not the request."""
     snapshot = ctx.snapshot
     state = snapshot.state
     try:
-        await store(ctx)
-        await release(ctx)
         total = ctx.input_tokens + ctx.output_tokens
         for kind, key, charged, limit in ctx.taken:
             if kind == "tokens" and total != charged:

@@ -9,7 +9,10 @@ request's estimated input and corrected with the real total afterwards. A `rejec
 holds the request's worst-case cost (estimated input at the route's dearest input price,
 plus `max_tokens` at its dearest output price) until the answer settles it, so concurrent
 requests cannot jointly overspend: spend can exceed the limit only by the gap between the
-estimate and the truth of requests in flight. `downgrade` and `alert` budgets never refuse.
+estimate and the truth of requests in flight. A request without `max_tokens` has no worst
+case; its hold assumes what the route's answers really use (the 95th percentile of recent
+ones, `stores/answer_sizes.py`), 4096 tokens before the route has answered.
+`downgrade` and `alert` budgets never refuse.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from sidecar.tokens import estimate_request
 
 log = logging.getLogger("sidecar.admit")
 
-_DEFAULT_MAX_OUTPUT = 4096  # when a request sets no max_tokens: a ceiling for the hold
+_DEFAULT_MAX_OUTPUT = 4096  # no max_tokens, and the route has not answered yet
 _SLOT_POLL = 0.05  # a slot freed by another replica is noticed this fast
 
 
@@ -215,7 +218,8 @@ async def _check_budgets(ctx: RequestContext, budgets: tuple[Budget, ...]) -> No
             )
     if not hard:
         return
-    amount = _worst_case_cost(ctx)
+    output, why = _held_output(ctx)
+    amount = _worst_case_cost(ctx, output)
     hold = Hold(uuid.uuid4().hex, tuple(k for _, k, _ in hard), amount, now + _hold_ttl(ctx))
     over = await state.reserve(hold, tuple(b.limit_usd for b, _, _ in hard))
     if over >= 0:
@@ -223,19 +227,38 @@ async def _check_budgets(ctx: RequestContext, budgets: tuple[Budget, ...]) -> No
         value = scope_value(ctx, budget.scope)
         raise BudgetExceeded(
             f"budget '{budget.name}' for {budget.scope} '{value}' ({budget.limit_usd:g} USD per "
-            f"{budget.window}) has no room for this request",
+            f"{budget.window}) has no room for this request's hold of {amount:.6g} USD "
+            f"({ctx.estimate_in} input tokens estimated, {output} output tokens: {why})",
             retry_after=max(1.0, end - now),
         )
     ctx.hold = hold
 
 
-def _worst_case_cost(ctx: RequestContext) -> float:
+def _held_output(ctx: RequestContext) -> tuple[int, str]:
+    """The output tokens a hold assumes, and why (for the refusal's message)."""
     body = ctx.body
-    max_out = body.get("max_completion_tokens") or body.get("max_tokens") or _DEFAULT_MAX_OUTPUT
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(asked, int | float) and asked > 0:
+        return int(asked), "its max_tokens"  # the provider stops there: a true worst case
+    assert ctx.route is not None
+    high = ctx.snapshot.stores.answer_sizes.high(ctx.route.name)
+    if high is not None:
+        return high, f"no max_tokens; 95% of route '{ctx.route.name}' answers use no more"
+    return _DEFAULT_MAX_OUTPUT, f"no max_tokens, and route '{ctx.route.name}' has no answers yet"
+
+
+def _worst_case_cost(ctx: RequestContext, output: int) -> float:
     prices = [t.model.price for t in ctx.targets]
     price_in = max((p.input for p in prices), default=0.0)
     price_out = max((p.output for p in prices), default=0.0)
-    return (ctx.estimate_in * price_in + float(max_out) * price_out) / 1e6
+    return (ctx.estimate_in * price_in + output * price_out) / 1e6
+
+
+def note_output(ctx: RequestContext) -> None:
+    """After the answer: its length, for the holds of the route's next requests. Only whole
+    answers from upstream count (not a cache hit, not a stream cut short)."""
+    if ctx.route is not None and ctx.answers and ctx.finish_reasons:
+        ctx.snapshot.stores.answer_sizes.note(ctx.route.name, ctx.output_tokens)
 
 
 def _hold_ttl(ctx: RequestContext) -> float:

@@ -23,7 +23,7 @@ import orjson
 from sidecar.errors import SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.pricing import cost_usd
-from sidecar.pipeline.synth import events_from_completion, replay
+from sidecar.pipeline.synth import assemble, events_from_completion, replay
 from sidecar.policy.model import CachePolicy
 from sidecar.providers.base import EMBEDDINGS, Call, Events, Reply
 from sidecar.stores.state import StoreUnavailable
@@ -108,30 +108,43 @@ async def lookup(ctx: RequestContext) -> Reply | None:
 
 
 async def _join_flight(ctx: RequestContext, answers: Any) -> Reply | None:
-    """The first miss for a key asks upstream; the others wait for its answer."""
+    """The first miss for a key asks upstream (it leads the flight); the others wait for how
+    it lands: its answer is theirs, and so is its failure. A leader that leaves without an
+    outcome (its app went away, which cancels its call) hands the lead to the first waiter,
+    and the rest wait on that one: the herd makes one upstream call at a time."""
     assert ctx.cache_key is not None
     flights = ctx.snapshot.stores.caches.flights
-    leader = flights.get(ctx.cache_key)
-    if leader is None:
-        flights[ctx.cache_key] = asyncio.get_running_loop().create_future()
-        ctx.cache_leader = True
-        return None
-    try:
-        async with asyncio.timeout(max(0.0, ctx.deadline - time.monotonic())):
-            await asyncio.shield(leader)
-    except TimeoutError:
-        return None
-    hit = await answers.get(ctx.cache_key)
-    return _serve(ctx, hit, "hit") if hit is not None else None  # the leader failed: ask
+    while True:
+        flight = flights.get(ctx.cache_key)
+        if flight is None:
+            flights[ctx.cache_key] = asyncio.get_running_loop().create_future()
+            ctx.cache_leader = True
+            return None
+        try:
+            async with asyncio.timeout(max(0.0, ctx.deadline - time.monotonic())):
+                landed = await asyncio.shield(flight)
+        except TimeoutError:
+            return None
+        if isinstance(landed, bytes):
+            return _serve(ctx, landed, "hit")
+        if isinstance(landed, SidecarError):
+            raise landed.with_traceback(None)  # one failure, told to every waiter
+        if landed is ALONE:
+            return None  # an answer that cannot be shared: each asks for its own, at once
 
 
-def land(ctx: RequestContext) -> None:
-    """Wake the waiters of this request's flight (from `finish`, whatever happened)."""
+ALONE = "alone"  # the leader's answer cannot be shared (cut, invalid): waiters ask themselves
+
+
+def land(ctx: RequestContext, outcome: bytes | SidecarError | str | None = None) -> None:
+    """End this request's flight with its outcome: the answer as cached (bytes), its
+    failure, `ALONE`, or None when it has none (the next waiter leads). Once per flight;
+    `store` calls it in any case, from `finish`."""
     if ctx.cache_leader and ctx.cache_key is not None:
         ctx.cache_leader = False
         future = ctx.snapshot.stores.caches.flights.pop(ctx.cache_key, None)
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(outcome)
 
 
 def _serve(ctx: RequestContext, raw: bytes, how: str) -> Reply:
@@ -194,32 +207,34 @@ def _text(content: Any) -> str:
 
 def remember(ctx: RequestContext, reply: Reply) -> Reply:
     """Store the answer once it is complete: now for JSON, at the stream's end for SSE."""
-    if (
-        ctx.cache != "miss"
-        or ctx.cache_key is None
-        or (ctx.output or "valid") in ("invalid", "default")
-    ):
+    if ctx.cache != "miss" or ctx.cache_key is None:
+        return reply
+    if (ctx.output or "valid") in ("invalid", "default"):
+        land(ctx, ALONE)
         return reply
     if reply.events is None:
         answer = orjson.loads(reply.body)
         if _complete(answer):
             ctx.cache_store = answer
+        else:
+            land(ctx, ALONE)
         return reply
     reply.events = _collect(ctx, reply.events)
     return reply
 
 
 async def _collect(ctx: RequestContext, events: Events) -> Events:
-    from sidecar.pipeline.validate import _assemble  # the same reassembly validation uses
-
     seen: list[bytes] = []
     async for batch in events:
         seen += batch
         yield batch
     if seen and seen[-1].startswith(b"data: [DONE]"):
-        answer = _assemble(seen)
-        if _complete(answer):
+        answer = assemble(seen)
+        # A passthrough stream's verdict came with its end, just now.
+        if _complete(answer) and (ctx.output or "valid") not in ("invalid", "default"):
             ctx.cache_store = answer
+        else:
+            land(ctx, ALONE)
 
 
 def _complete(answer: Any) -> bool:
@@ -230,13 +245,15 @@ def _complete(answer: Any) -> bool:
 
 
 async def store(ctx: RequestContext) -> None:
-    """From `finish`: write what `remember` kept, with what it cost (a hit saves that)."""
+    """From `finish`: write what `remember` kept, with what it cost (a hit saves that), and
+    give it to the requests waiting on this one."""
     policy = ctx.route.cache if ctx.route else None
     answer, ctx.cache_store = ctx.cache_store, None
+    entry = None
     try:
         if policy is not None and answer is not None and ctx.cache_key is not None:
-            answers, index = ctx.snapshot.stores.caches.get(policy)
             entry = orjson.dumps({"answer": answer, "cost": ctx.cost_usd or 0.0})
+            answers, index = ctx.snapshot.stores.caches.get(policy)
             await answers.put(ctx.cache_key, entry, policy.ttl)
             if index is not None and ctx.cache_vector is not None:
                 partition, vector = ctx.cache_vector
@@ -244,13 +261,16 @@ async def store(ctx: RequestContext) -> None:
     except StoreUnavailable as exc:
         log.error("cache unavailable (%s); answer not stored", exc)
     finally:
-        land(ctx)
+        land(ctx, entry)
 
 
-async def purge(ctx_stores: Any, cache: str, route: str) -> int:
+async def purge(stores: Any, policy: CachePolicy, route: str) -> int:
+    """Drop a route's cached answers. The route's cache is opened first: a sidecar that has
+    not served the route yet still reaches a shared (Redis) store."""
+    stores.caches.get(policy)
     removed = 0
-    for answers, index in ctx_stores.caches.by_name(cache):
-        removed += await answers.purge(f"c:{cache}:{route}:")
+    for answers, index in stores.caches.by_name(policy.name):
+        removed += await answers.purge(f"c:{policy.name}:{route}:")
         if index is not None:
-            await index.drop(f"c:{cache}:{route}:")
+            await index.drop(f"c:{policy.name}:{route}:")
     return removed

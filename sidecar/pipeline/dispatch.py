@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from sidecar.errors import (
     BREAKER_KINDS,
+    BUSY,
     CIRCUIT_OPEN,
     CLIENT,
     PROTOCOL,
@@ -96,6 +97,8 @@ async def _try_target(ctx: RequestContext, target: Target) -> Reply:
                     f"{model.name}@{model.provider} refused the request ({error.message})",
                 ) from None
             failed = error.kind in BREAKER_KINDS or None
+            if error.kind == BUSY:
+                ctx.attempts -= 1  # skipped at our own door: no call went out
             _fail(ctx, target, error)
             if attempt == retry.attempts or error.kind not in retry.on:
                 raise _TargetFailed from None

@@ -4,28 +4,35 @@
       → dispatch (retries, fallback, breakers, hedging)
       → validate (schema; refined retries, fallback, default) → meter
     … a JSON answer is stored in the cache, then goes out (a stream goes out as it comes) …
-    finish: store in the cache (what is left to store), account (cost, saved, spend,
-      token-rate corrections) and release what admit took
+    finish: release what admit took, store in the cache (what is left to store) — the
+      answer's last byte waits for these two — then account (usage, spend, holds,
+      token-rate corrections)
 
 Each stage is a plain function over the request context, so adding one is one line here.
-`finish` runs from the handler's `finally` once the answer has been sent (api/proxy.py),
-so every reservation admission makes is settled or released, whatever happened, and the
-app never waits on the bookkeeping.
+`finish` runs from the handler's `finally` (api/proxy.py, jobs/execute.py) whatever
+happened, so every reservation admission makes is settled or released; it runs in a task
+the handler's cancellation cannot reach (a client that disconnects cancels its handler),
+so an answer that was produced is always accounted.
 """
 
 from __future__ import annotations
 
-from sidecar.pipeline.account import finish, meter
-from sidecar.pipeline.admit import admit
-from sidecar.pipeline.cache import lookup, remember
+import asyncio
+from dataclasses import dataclass
+
+from sidecar.errors import SidecarError
+from sidecar.pipeline.account import record
+from sidecar.pipeline.admit import admit, note_output, release
+from sidecar.pipeline.cache import land, lookup, remember, store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.identify import identify
+from sidecar.pipeline.meter import meter
 from sidecar.pipeline.route import route
 from sidecar.pipeline.validate import enforce, validate
 from sidecar.providers.base import Reply
 
-__all__ = ["finish", "run"]
+__all__ = ["Ending", "finish", "run"]
 
 
 async def run(ctx: RequestContext) -> Reply:
@@ -35,8 +42,39 @@ async def run(ctx: RequestContext) -> Reply:
     hit = await lookup(ctx)
     if hit is not None:
         return hit
-    enforce(ctx)
-    reply = await dispatch(ctx)
-    reply = await validate(ctx, reply)
+    try:
+        enforce(ctx)
+        reply = await dispatch(ctx)
+        reply = await validate(ctx, reply)
+    except SidecarError as exc:
+        land(ctx, exc)  # identical requests waiting on this one's answer share its failure
+        raise
     reply = remember(ctx, reply)
     return meter(ctx, reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A request's settling, under way. Await either through `asyncio.shield`."""
+
+    freed: asyncio.Future[None]  # slots given back, the answer cached: it may go out now
+    done: asyncio.Task[None]  # and the books written
+
+
+def finish(ctx: RequestContext) -> Ending:
+    note_output(ctx)  # how long the route's answers are, for the next budget holds
+    freed = asyncio.get_running_loop().create_future()
+    return Ending(freed, ctx.snapshot.stores.settlements.start(_settle(ctx, freed)))
+
+
+async def _settle(ctx: RequestContext, freed: asyncio.Future[None]) -> None:
+    """One task, so the books follow at once: with an in-process store they are written
+    before the answer goes out; with a remote one, while it goes out."""
+    try:
+        try:
+            await release(ctx)  # first: a slot never waits on a cache or usage write
+        finally:
+            await store(ctx)  # which also wakes the requests waiting on this one's answer
+    finally:
+        freed.set_result(None)
+    await record(ctx)

@@ -1,5 +1,6 @@
-"""Answers the sidecar writes itself (a policy default, a cached answer, a validated stream
-replayed), as a chat completion and as the SSE stream the same answer would have been."""
+"""One answer in its two shapes, a chat completion and the SSE stream of it, both ways:
+answers the sidecar writes itself (a policy default, a cached answer, a validated stream
+replayed), and streamed answers put back together (to validate or cache them)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,41 @@ async def replay(events: list[bytes]) -> Events:
     """Events that are all at hand (a cached or buffered answer) leave in one write."""
     if events:
         yield events
+
+
+def assemble(events: list[bytes]) -> dict[str, Any]:
+    """A streamed answer put back together as one completion."""
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    answer: dict[str, Any] = {}
+    finish = "stop"
+    for event in events:
+        if not event.startswith(b"data: {"):
+            continue
+        chunk = orjson.loads(event[6:])
+        answer.setdefault("id", chunk.get("id"))
+        answer.setdefault("model", chunk.get("model"))
+        if chunk.get("usage"):
+            answer["usage"] = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                slot = calls.setdefault(
+                    call.get("index", 0),
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                slot["id"] = call.get("id") or slot["id"]
+                fn = call.get("function") or {}
+                slot["function"]["name"] += fn.get("name") or ""
+                slot["function"]["arguments"] += fn.get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    answer.update(
+        object="chat.completion",
+        choices=[{"index": 0, "message": message, "finish_reason": finish}],
+    )
+    return answer

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 
 from sidecar.errors import OutputInvalid, TargetsExhausted
-from sidecar.pipeline.account import charge_answer, charge_events
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
-from sidecar.pipeline.synth import completion, events_from_completion, replay
+from sidecar.pipeline.meter import charge_answer, charge_events
+from sidecar.pipeline.synth import assemble, completion, events_from_completion, replay
 from sidecar.policy.model import OutputPolicy
 from sidecar.providers.base import Events, Reply
 
@@ -138,7 +138,7 @@ async def _read(reply: Reply, tool: str | None) -> tuple[dict[str, Any], str, li
         answer = orjson.loads(reply.body)
         return answer, _text(answer, tool), None
     events = [event async for batch in reply.events for event in batch]
-    answer = _assemble(events)
+    answer = assemble(events)
     return answer, _text(answer, tool), events
 
 
@@ -153,44 +153,6 @@ def _text(answer: dict[str, Any], tool: str | None) -> str:
                 return str(call["function"].get("arguments") or "")
         return ""
     return str(message.get("content") or "")
-
-
-def _assemble(events: list[bytes]) -> dict[str, Any]:
-    """A streamed answer put back together as one completion."""
-    content: list[str] = []
-    calls: dict[int, dict[str, Any]] = {}
-    answer: dict[str, Any] = {}
-    finish = "stop"
-    for event in events:
-        if not event.startswith(b"data: {"):
-            continue
-        chunk = orjson.loads(event[6:])
-        answer.setdefault("id", chunk.get("id"))
-        answer.setdefault("model", chunk.get("model"))
-        if chunk.get("usage"):
-            answer["usage"] = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                content.append(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                slot = calls.setdefault(
-                    call.get("index", 0),
-                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                slot["id"] = call.get("id") or slot["id"]
-                fn = call.get("function") or {}
-                slot["function"]["name"] += fn.get("name") or ""
-                slot["function"]["arguments"] += fn.get("arguments") or ""
-            finish = choice.get("finish_reason") or finish
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
-    if calls:
-        message["tool_calls"] = [calls[i] for i in sorted(calls)]
-    answer.update(
-        object="chat.completion",
-        choices=[{"index": 0, "message": message, "finish_reason": finish}],
-    )
-    return answer
 
 
 def _check(text: str, validator: Any, lenient: bool) -> Verdict:
@@ -345,7 +307,7 @@ async def _judged(
         out: list[bytes] = []
         for event in batch:
             if event.startswith(b"data: [DONE]"):
-                answer = _assemble(seen)
+                answer = assemble(seen)
                 verdict = _check(_text(answer, tool), validator, lenient)
                 ctx.output = "valid" if verdict.ok else "invalid"
                 ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, ctx.output))

@@ -12,6 +12,7 @@ import orjson
 from sidecar.policy.entry import Entry, names, seconds, values
 from sidecar.policy.model import (
     DEFAULT_JOBS_PATH,
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_STATE_PATH,
     Admission,
     Budget,
@@ -87,6 +88,7 @@ class StageSections:
             webhook_secret=Secret(secret),
             webhook_attempts=b.get("webhook_attempts", 5),
             retention=seconds(b.get("retention"), 7 * 24 * 3600.0),
+            max_file_bytes=b.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES),
         )
 
     def telemetry(self) -> TelemetryConfig:

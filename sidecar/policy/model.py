@@ -214,6 +214,7 @@ class TelemetryConfig:
 
 
 DEFAULT_JOBS_PATH = "llm-sidecar-jobs.db"
+DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024  # as a request body: a sidecar's memory is small
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,7 @@ class JobsConfig:
     webhook_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
     webhook_attempts: int = 5
     retention: float = 7 * 24 * 3600.0  # finished stand-alone jobs are deleted after; 0: kept
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # largest upload to /v1/files
 
     @property
     def queue_key(self) -> tuple[str, str, str | None]:

@@ -232,6 +232,7 @@ JOBS: dict[str, Any] = {
     "webhook_secret_env": {"type": "string", "regex": r"[A-Za-z_][A-Za-z0-9_]*"},
     "webhook_attempts": {"type": "integer", "min": 1, "max": 20},
     "retention": DURATION,  # how long finished jobs stay readable; 0s keeps them
+    "max_file_bytes": {"type": "integer", "min": 1},  # largest upload to /v1/files
 }
 
 

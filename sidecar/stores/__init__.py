@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sidecar.stores.answer_sizes import AnswerSizes
 from sidecar.stores.breakers import Breakers
 from sidecar.stores.caches import Caches
 from sidecar.stores.lines import Lines
+from sidecar.stores.settlements import Settlements
 from sidecar.stores.validators import Validators
 
 
@@ -20,3 +22,5 @@ class Stores:
     validators: Validators = field(default_factory=Validators)
     caches: Caches = field(default_factory=Caches)
     lines: Lines = field(default_factory=Lines)
+    settlements: Settlements = field(default_factory=Settlements)
+    answer_sizes: AnswerSizes = field(default_factory=AnswerSizes)

@@ -21,12 +21,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class Breaker:
-    __slots__ = ("calls", "consecutive", "opened_at", "probing", "state", "trips")
+    __slots__ = ("calls", "consecutive", "cooldown", "opened_at", "probing", "state", "trips")
 
     def __init__(self) -> None:
         self.state = CLOSED
         self.consecutive = 0
         self.opened_at = 0.0
+        self.cooldown = 0.0  # of the circuit that opened it, for `seen_at`
         self.probing = False
         self.calls: deque[tuple[float, bool]] = deque()  # (when, failed) inside the window
         self.trips = 0
@@ -52,7 +53,7 @@ class Breaker:
             return
         if was_probe:
             if failed:
-                self._open(now)
+                self._open(now, circuit)
             else:
                 self._close()
             return
@@ -60,7 +61,7 @@ class Breaker:
             return  # a call that started before the circuit opened
         self.consecutive = self.consecutive + 1 if failed else 0
         if circuit.consecutive_failures and self.consecutive >= circuit.consecutive_failures:
-            self._open(now)
+            self._open(now, circuit)
             return
         if circuit.failure_ratio:
             calls = self.calls
@@ -70,11 +71,19 @@ class Breaker:
             if len(calls) >= circuit.min_calls:
                 ratio = sum(1 for _, f in calls if f) / len(calls)
                 if ratio >= circuit.failure_ratio:
-                    self._open(now)
+                    self._open(now, circuit)
 
-    def _open(self, now: float) -> None:
+    def seen_at(self, now: float) -> str:
+        """The state as the next request would find it: an open circuit whose cooldown is
+        over is half-open (its next call is the probe), even before anyone calls."""
+        if self.state == OPEN and now - self.opened_at >= self.cooldown:
+            return HALF_OPEN
+        return self.state
+
+    def _open(self, now: float, circuit: Circuit) -> None:
         self.state = OPEN
         self.opened_at = now
+        self.cooldown = circuit.cooldown
         self.trips += 1
         self.calls.clear()
 
@@ -98,10 +107,13 @@ class Breakers:
         now, wall = time.monotonic(), time.time()
         return {
             name: {
-                "state": b.state,
+                "state": b.seen_at(now),
                 "consecutive_failures": b.consecutive,
                 "trips": b.trips,
                 "opened_at": wall - (now - b.opened_at) if b.state != CLOSED else None,
+                "half_open_at": (
+                    wall - (now - b.opened_at) + b.cooldown if b.state != CLOSED else None
+                ),
             }
             for name, b in sorted(self._by_target.items())
         }

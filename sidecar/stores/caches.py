@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.policy.model import CachePolicy
 from sidecar.stores.answers import Answers, MemoryAnswers
@@ -29,7 +29,7 @@ class Caches:
         self._caches: dict[CachePolicy, Cache] = {}
         self._holds: Holds[CachePolicy] = Holds(self._drop)
         self._closer = Closer()
-        self.flights: dict[str, asyncio.Future[None]] = {}
+        self.flights: dict[str, asyncio.Future[Any]] = {}  # how each leader landed
 
     def hold(self, snapshot: object, policies: Iterable[CachePolicy]) -> None:
         """Keep the caches of `policies` while `snapshot` lives; let go of them after."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 
-from sidecar.errors import CIRCUIT_OPEN
+from sidecar.errors import BUSY, CIRCUIT_OPEN
 from sidecar.pipeline.context import RequestContext
 from sidecar.telemetry.recorder import OPERATION
 
@@ -90,7 +90,7 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
 def _retries(ctx: RequestContext) -> int:
     """Calls beyond the first to each model: same-target retries (and validation
     retries), not the first call to a fallback target."""
-    called = {f.model for f in ctx.failures if f.error.kind != CIRCUIT_OPEN}
+    called = {f.model for f in ctx.failures if f.error.kind not in (CIRCUIT_OPEN, BUSY)}
     if ctx.answered_by is not None:
         called.add(ctx.answered_by.name)
     return max(0, ctx.attempts - len(called))

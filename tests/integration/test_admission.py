@@ -463,6 +463,31 @@ async def test_reject_budget_answers_429_until_the_end_of_the_utc_window(
         assert (await chat(client, max_tokens=10)).status == 200
 
 
+async def test_a_request_without_max_tokens_holds_what_the_routes_answers_use(
+    sidecars: Sidecars, upstream: FakeOpenAI
+):
+    """Before the route has answered, its hold assumes 4096 output tokens, and the refusal
+    says so; once it has, the hold is what its answers use (3 tokens each, here)."""
+    doc = policy(
+        upstream,
+        budgets={"cap": {"scope": "team", "values": ["t"], "limit_usd": 0.02, "window": "day"}},
+    )
+    doc["models"]["a"]["price"] = {"input": 0, "output": 10}  # USD per 1M: 4096 -> 0.041
+    sc = await sidecars.start(yaml.safe_dump(doc, sort_keys=False))
+    async with api(sc.port, team="t") as client:
+        refused = await chat(client)
+    assert (refused.status, refused.code) == (429, "budget_exceeded")
+    assert "0.04096 USD" in refused.message
+    assert "4096 output tokens" in refused.message
+    assert "no answers yet" in refused.message
+    async with api(sc.port, team="other") as client:  # no budget: the route's history
+        assert [(await chat(client)).status for _ in range(3)] == [200] * 3
+    async with api(sc.port, team="t") as client:
+        assert (await chat(client)).status == 200  # holds 3 x 10 / 1e6 USD
+    spent = (await rows(sc.ops_port, "team"))["t"]
+    assert spent["cost_usd"] == pytest.approx(OUT * 10 / 1e6)
+
+
 async def test_downgrade_budget_switches_to_the_cheaper_model_and_says_so(
     make: Make, upstream: FakeOpenAI
 ):

@@ -13,6 +13,7 @@ import pytest
 from sidecar.app import Sidecar
 from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -130,6 +131,59 @@ async def test_concurrent_identical_misses_make_one_upstream_call(make, upstream
     assert {text for text, _ in results} == {"Paris"}
     assert len(upstream.calls("up-a")) == 1
     assert sorted(h["x-sidecar-cache"] for _, h in results).count("hit") == 19
+
+
+async def test_a_leader_that_leaves_hands_the_flight_to_one_waiter(make, upstream: FakeOpenAI):
+    """The first caller gives up (its call is cancelled, as every abandoned call is); one of
+    the callers waiting on it asks instead, and the others wait on that one."""
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="Paris", delay=1.5)
+    url = f"http://127.0.0.1:{sc.port}/v1/chat/completions"
+    body = {"model": "chat", "messages": Q, "temperature": 0}
+
+    async def call(session: aiohttp.ClientSession) -> tuple[str, str]:
+        async with session.post(url, json=body) as r:
+            answer = await r.json()
+            return answer["choices"][0]["message"]["content"], r.headers["x-sidecar-cache"]
+
+    async def its_call_is_out() -> bool:
+        return bool(upstream.calls("up-a"))
+
+    async with aiohttp.ClientSession() as session:
+        leaving = asyncio.create_task(call(session))
+        await eventually(its_call_is_out)  # it leads the flight
+        waiting = asyncio.gather(*(call(session) for _ in range(9)))
+        await asyncio.sleep(0.4)  # they wait on it
+        leaving.cancel()  # the app gives up: its connection closes, its call is cancelled
+        results = await waiting
+    assert {text for text, _ in results} == {"Paris"}
+    assert len(upstream.calls("up-a")) == 2  # the abandoned call and the new leader's
+    assert sorted(how for _, how in results) == ["hit"] * 8 + ["miss"]
+
+
+async def test_waiters_share_the_leaders_failure_instead_of_each_calling(
+    make, upstream: FakeOpenAI
+):
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", status=500, delay=0.3)
+    outcomes = await asyncio.gather(*(ask(sc) for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(o, openai.InternalServerError) for o in outcomes), outcomes
+    assert {o.status_code for o in outcomes} == {502}  # type: ignore[union-attr]
+    assert len(upstream.calls("up-a")) == 1
+
+
+async def test_waiters_ask_at_once_when_the_leaders_answer_cannot_be_shared(
+    make, upstream: FakeOpenAI
+):
+    """A cut answer is not cached: each waiter asks for its own, all at once, not in turn."""
+    sc = await make("{mode: exact}")
+    upstream.behave("up-a", reply="Par", delay=0.3, finish_reason="length")
+    results = await asyncio.gather(*(ask(sc) for _ in range(5)))
+    assert {text for text, _ in results} == {"Par"}
+    calls = upstream.calls("up-a")
+    assert len(calls) == 5
+    waiters = sorted(call.at for call in calls)[1:]
+    assert waiters[-1] - waiters[0] < 0.2  # together, after the leader; not one by one
 
 
 async def test_streams_are_cached_when_complete_and_replayed_as_sse(make, upstream: FakeOpenAI):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import socket
 import sys
 import time
@@ -265,6 +266,30 @@ async def test_a_malformed_input_file_fails_the_batch_with_line_numbers(
         ("invalid_json_line", 2),
         ("duplicate_custom_id", 3),
     ]
+
+
+async def test_files_have_their_own_size_limit_refused_in_the_error_shape(
+    sidecars: Sidecars, upstream: FakeOpenAI, sdk: SDK, http: aiohttp.ClientSession
+) -> None:
+    """jobs.max_file_bytes bounds uploads; request bodies keep theirs (here 1 MB)."""
+    jobs = "jobs: {workers: 0, max_file_bytes: 2000000}"
+    sidecar = await sidecars.start(policy(upstream, jobs), ENV, max_body=1_000_000)
+    client = sdk(sidecar)
+    line = orjson.dumps(
+        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": chat("x")}
+    )
+    big = (line + b"\n") * (1_500_000 // len(line))  # above the body limit, within the file's
+    uploaded = await client.files.create(file=("in.jsonl", big), purpose="batch")
+    assert uploaded.bytes == len(big)
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.files.create(file=("in.jsonl", big * 2), purpose="batch")
+    assert (info.value.status_code, info.value.code) == (413, "body_too_large")
+    assert "jobs.max_file_bytes" in info.value.message
+    huge_chat = io.BytesIO(orjson.dumps(chat("x" * 1_500_000)))
+    headers = {"content-type": "application/json"}
+    async with http.post(f"{base(sidecar)}/chat/completions", data=huge_chat, headers=headers) as r:
+        assert r.status == 413
+        assert (await r.json())["error"]["code"] == "body_too_large"
 
 
 async def test_cancelling_a_batch_stops_lines_not_yet_started(

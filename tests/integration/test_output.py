@@ -36,10 +36,13 @@ def make(sidecars: Sidecars, upstream: FakeOpenAI) -> Callable[..., object]:
                   total: {{type: number}}
                   currency: {{type: string, enum: [EUR, USD]}}
                 additionalProperties: false
+            cache:
+              answers: {{mode: exact}}  # only temperature-0 requests are cached
             routes:
               extract:
                 targets: [a, b]
                 output: {output}
+                cache: answers
             state: {{backend: memory}}
             """,
         )
@@ -154,6 +157,22 @@ async def test_passthrough_streams_report_validity_at_the_end(make, upstream: Fa
         chunks = [c async for c in stream]
     verdicts = [c.model_extra.get("x_sidecar_output") for c in chunks if c.model_extra]
     assert "invalid" in verdicts
+
+
+async def test_a_passthrough_stream_found_invalid_at_its_end_is_not_cached(
+    make, upstream: FakeOpenAI
+):
+    sc = await make("{schema: invoice, stream_mode: passthrough}")
+    upstream.behave("up-a", replies=["not json", json.dumps(INVOICE)])
+    async with api(sc) as client:
+        for _ in range(2):
+            stream = await client.chat.completions.create(
+                model="extract", messages=MESSAGES, stream=True, temperature=0
+            )
+            chunks = [c async for c in stream]
+    verdicts = [c.model_extra.get("x_sidecar_output") for c in chunks if c.model_extra]
+    assert "valid" in verdicts  # the second answer, not the first one replayed from the cache
+    assert len(upstream.calls("up-a")) == 2
 
 
 async def test_from_request_validates_against_the_clients_schema(make, upstream: FakeOpenAI):

@@ -135,6 +135,68 @@ async def test_open_circuit_skips_the_target_without_calling_it(make, upstream: 
         assert (await r.json())["circuits"]["a"]["state"] == "closed"
 
 
+async def status_of(sc: Sidecar, circuit: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.ops_port}/status") as r:
+        return (await r.json())["circuits"][circuit]
+
+
+async def test_status_shows_a_circuit_half_open_once_its_cooldown_is_over(
+    make, upstream: FakeOpenAI
+):
+    """By the clock, not by the next request: nobody may be asking while someone looks."""
+    sc = await make(
+        "  r: {targets: [a, b]}",
+        model_extra=", circuit: {consecutive_failures: 1, cooldown: 300ms}",
+    )
+    upstream.behave("up-a", status=500)
+    await ask(sc)
+    opened = await status_of(sc, "a")
+    assert opened["state"] == "open"
+    assert opened["half_open_at"] == pytest.approx(opened["opened_at"] + 0.3)
+    await asyncio.sleep(0.35)
+    assert (await status_of(sc, "a"))["state"] == "half-open"  # the next call is the probe
+    upstream.behave("up-a", reply="back")
+    assert (await ask(sc))[0] == "back"
+    closed = await status_of(sc, "a")
+    assert (closed["state"], closed["half_open_at"]) == ("closed", None)
+
+
+async def test_attempts_count_only_calls_made_not_targets_skipped(make, upstream: FakeOpenAI):
+    sc = await make(
+        "  r: {targets: [a, b]}",
+        model_extra=", circuit: {consecutive_failures: 1, cooldown: 30s}",
+    )
+    upstream.behave("up-a", status=500)
+    _, headers = await ask(sc)  # a fails (and its circuit opens), b answers
+    assert (headers["x-sidecar-attempts"], headers["x-sidecar-fallback-reason"]) == ("2", "5xx")
+    _, headers = await ask(sc)  # a is skipped: one call, to b
+    assert (headers["x-sidecar-attempts"], headers["x-sidecar-fallback-reason"]) == (
+        "1",
+        "circuit_open",
+    )
+    async with api(sc) as client:  # a alone, addressed directly: no call made, and it says why
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="a", messages=MESSAGES)
+    assert info.value.response.headers["x-sidecar-attempts"] == "0"
+    assert "circuit open" in info.value.message
+    assert len(upstream.calls("up-a")) == 1
+
+
+async def test_a_busy_provider_is_skipped_without_counting_an_attempt(make, upstream: FakeOpenAI):
+    sc = await make(
+        "  r: {targets: [a, b]}",
+        provider_extra="""    max_concurrency: 1
+                concurrency_wait: 50ms""",
+    )
+    upstream.behave("up-a", delay=0.5)
+    first = asyncio.create_task(ask(sc))
+    await asyncio.sleep(0.1)  # the first call holds main's only slot
+    _, headers = await ask(sc)
+    assert (headers["x-sidecar-model"], headers["x-sidecar-fallback-reason"]) == ("b", "busy")
+    assert headers["x-sidecar-attempts"] == "1"  # b's call; a was never called
+    await first
+
+
 async def test_failed_probe_reopens_the_circuit(make, upstream: FakeOpenAI):
     sc = await make(
         "  r: {targets: [a, b]}",

@@ -72,3 +72,13 @@ def test_backoff_doubles_up_to_its_cap_and_jitter_stays_within_half():
     jittered = Retry(backoff=1.0, backoff_max=10.0, jitter=True)
     assert jittered.pause(1, 0.0) == 0.5
     assert jittered.pause(1, 0.999) < 1.0
+
+
+def test_an_open_circuit_is_seen_half_open_once_its_cooldown_is_over():
+    b = Breaker()
+    for _ in range(3):
+        b.record(CONSECUTIVE, True, 0.0)
+    assert b.seen_at(9.9) == OPEN
+    assert b.seen_at(10.0) == HALF_OPEN  # before anyone asks
+    assert b.state == OPEN  # looking changes nothing
+    assert b.allow(CONSECUTIVE, 10.0)
