@@ -200,12 +200,12 @@ async def test_a_busy_provider_is_skipped_without_counting_an_attempt(make, upst
 async def test_failed_probe_reopens_the_circuit(make, upstream: FakeOpenAI):
     sc = await make(
         "  r: {targets: [a, b]}",
-        model_extra=", circuit: {consecutive_failures: 1, cooldown: 200ms}",
+        model_extra=", circuit: {consecutive_failures: 1, cooldown: 600ms}",
     )
     upstream.behave("up-a", status=503)
     await ask(sc)
-    await asyncio.sleep(0.25)
-    await ask(sc)  # the probe, which fails
+    await asyncio.sleep(0.65)
+    await ask(sc)  # the probe, which fails; the next ask must come within the new cooldown
     assert len(upstream.calls("up-a")) == 2
     await ask(sc)
     assert len(upstream.calls("up-a")) == 2  # open again

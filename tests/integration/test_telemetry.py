@@ -424,6 +424,7 @@ async def test_budget_spend_and_remaining_are_gauges_per_team_but_not_per_user_b
         otlp,
         lambda: (
             budget_gauges(otlp, "sidecar.budget.spend").get(("team-day", "shop")) == 2 * cost("a")
+            and budget_gauges(otlp, "sidecar.budget.spend").get(("team-day", "ads")) == cost("a")
         ),
     )
     spend = budget_gauges(otlp, "sidecar.budget.spend")
