@@ -3,7 +3,8 @@
 Two implementations, one contract:
 `SqliteQueue` (a file, no server; several processes on one host may share it) and
 `RedisQueue` (Streams and a consumer group; workers in many pods share it).
-tests/integration/test_jobs_queue.py runs the contract below on both.
+tests/integration/test_jobs_queue.py runs the contract below on both; `jobs/backends.py`
+opens the one a policy names. This module imports neither backend: they import it.
 
 The contract:
 
@@ -22,11 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.jobs.model import Job
-from sidecar.policy.model import JobsConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +124,3 @@ class JobQueue(Protocol):
     async def list_batches(self, limit: int) -> list[dict[str, Any]]: ...
 
     async def close(self) -> None: ...
-
-
-async def open_queue(config: JobsConfig, state_dir: Path) -> JobQueue:
-    if config.backend == "redis":
-        assert config.url is not None
-        from sidecar.jobs.queue_redis import RedisQueue  # the client only when used
-
-        return await RedisQueue(config.url).open()
-    from sidecar.jobs.queue_sqlite import SqliteQueue
-
-    # Relative to --state-dir, like the state file: policies are often a read-only ConfigMap.
-    return await SqliteQueue(state_dir / config.path).open()

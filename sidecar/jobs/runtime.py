@@ -16,7 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from sidecar.jobs.queue import JobQueue, open_queue
+from sidecar.jobs.backends import open_queue
+from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.webhooks import Webhooks
 from sidecar.jobs.worker import Workers
 from sidecar.policy.holder import PolicyHolder

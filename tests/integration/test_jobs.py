@@ -24,8 +24,8 @@ from aiohttp import web
 
 from sidecar.app import Sidecar
 from sidecar.jobs import runtime
+from sidecar.jobs.backends import open_queue
 from sidecar.jobs.model import CHAT_ENDPOINT, Job
-from sidecar.jobs.queue import open_queue
 from sidecar.policy.compile import load_folder
 from sidecar.policy.model import JobsConfig
 from sidecar.policy.problems import PolicyInvalid

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.jobs.backends import open_queue
 from sidecar.jobs.model import Job, new_id
-from sidecar.jobs.queue import JobQueue, StoredFile, open_queue
+from sidecar.jobs.queue import JobQueue, StoredFile
 from sidecar.policy.model import JobsConfig
 from tests.support.redis import RedisServer
 
