@@ -23,7 +23,7 @@ from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.route import route
 from sidecar.pipeline.run import finish
-from sidecar.policy.holder import PolicyHolder
+from sidecar.runtime import Runtime
 
 POLICY = """
 providers:
@@ -56,7 +56,7 @@ BODY = {
 HEADERS = {"x-sidecar-user": "alice", "x-sidecar-team": "research", "authorization": "Bearer app"}
 
 
-async def measure(holder: PolicyHolder, model: str, n: int) -> list[float]:
+async def measure(holder: Runtime, model: str, n: int) -> list[float]:
     snapshot = holder.current
     assert snapshot is not None
     samples = []
@@ -86,8 +86,8 @@ async def main(n: int) -> None:
     for backend in ("memory", "sqlite"):
         with tempfile.TemporaryDirectory() as tmp:
             folder = write_policy(Path(tmp), backend)
-            holder = PolicyHolder(folder, {}, Path(tmp))
-            assert await holder.reload(), holder.last.problems
+            holder = Runtime(folder, {}, Path(tmp))
+            assert await holder.reload(), holder.policy.last.problems
             for model in ("free", "limited"):
                 await measure(holder, model, 500)  # warm up
                 s = sorted(await measure(holder, model, n))

@@ -1,4 +1,5 @@
-"""The running sidecar: two listeners, the policy holder, the watcher, and shutdown order.
+"""The running sidecar: two listeners, the runtime (policy in force and what it runs on), the
+watcher, and shutdown order.
 
 The proxy listens on loopback (only the pod's own app may reach it); the ops listener
 serves health and status on all interfaces for the kubelet. On stop: readiness turns
@@ -31,8 +32,8 @@ from sidecar.api import usage as usage_api
 from sidecar.api.keys import HOLDER, JOBS, LIFECYCLE, USAGE_TOKEN
 from sidecar.gc_tuning import tune_after_start
 from sidecar.jobs.runtime import JobsRuntime
-from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
+from sidecar.runtime import Runtime
 from sidecar.telemetry.recorder import Telemetry
 
 log = logging.getLogger("sidecar")
@@ -55,7 +56,7 @@ class Settings:
 
 
 def proxy_app(
-    holder: PolicyHolder, lifecycle: dict[str, Any], max_body: int, jobs: JobsRuntime
+    holder: Runtime, lifecycle: dict[str, Any], max_body: int, jobs: JobsRuntime
 ) -> web.Application:
     app = web.Application(client_max_size=max_body)
     app[HOLDER] = holder
@@ -85,7 +86,7 @@ def add_jobs_routes(app: web.Application) -> None:
     app.router.add_post("/v1/batches/{batch_id}/cancel", batches_api.cancel)
 
 
-def ops_app(holder: PolicyHolder, lifecycle: dict[str, Any], usage_token: str) -> web.Application:
+def ops_app(holder: Runtime, lifecycle: dict[str, Any], usage_token: str) -> web.Application:
     app = web.Application()
     app[HOLDER] = holder
     app[USAGE_TOKEN] = usage_token
@@ -110,7 +111,7 @@ class Sidecar:
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.telemetry = Telemetry(os.environ if env is None else env)
-        self.holder = PolicyHolder(settings.policies, env, settings.state_dir, self.telemetry)
+        self.holder = Runtime(settings.policies, env, settings.state_dir, self.telemetry)
         self.jobs = JobsRuntime(self.holder, settings.state_dir)
         self.lifecycle: dict[str, Any] = {"draining": False}
         self._runners: list[web.AppRunner] = []
@@ -145,7 +146,7 @@ class Sidecar:
             self._runners.append(runner)
             self._sockets.append(sock)
         if s.watch:
-            self._watcher = asyncio.create_task(watch(self.holder, self._stop_watching))
+            self._watcher = asyncio.create_task(watch(self.holder.policy, self._stop_watching))
         self._gauges = asyncio.create_task(self._refresh_budget_gauges())
         log.info(
             "listening on http://%s:%d (ops on %s:%d), policies from %s",

@@ -32,9 +32,9 @@ from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.route import route
 from sidecar.policy.durations import parse_duration
-from sidecar.policy.holder import Snapshot
 from sidecar.policy.model import JobsConfig, Policy
 from sidecar.providers.base import CHAT
+from sidecar.runtime import Snapshot
 from sidecar.stores.state import StoreUnavailable
 
 # Headers a job keeps for the pipeline: identity and trace context, plus whatever headers

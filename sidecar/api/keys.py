@@ -7,9 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.jobs.runtime import JobsRuntime
-from sidecar.policy.holder import PolicyHolder
+from sidecar.runtime import Runtime
 
-HOLDER = web.AppKey("holder", PolicyHolder)
+HOLDER = web.AppKey("holder", Runtime)
 LIFECYCLE = web.AppKey("lifecycle", dict[str, Any])  # {"draining": bool}
 USAGE_TOKEN = web.AppKey("usage_token", str)  # "" when the usage API is open
 JOBS = web.AppKey("jobs", JobsRuntime)  # the queue and workers of this process

@@ -18,8 +18,8 @@ from sidecar.errors import SidecarError
 from sidecar.jobs.model import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
-from sidecar.policy.holder import Snapshot
 from sidecar.providers.base import CHAT, EMBEDDINGS
+from sidecar.runtime import Snapshot
 from sidecar.telemetry.recorder import OPERATION
 from sidecar.telemetry.request import observe
 

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from sidecar.gc_tuning import tune_after_start
 from sidecar.jobs.runtime import JobsRuntime
-from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.watcher import watch
+from sidecar.runtime import Runtime
 from sidecar.telemetry.recorder import Telemetry
 
 log = logging.getLogger("sidecar.jobs")
@@ -41,7 +41,7 @@ async def run_worker(settings: WorkerSettings) -> None:
     from sidecar.app import SETTLE_GRACE, _listen, ops_app  # the server stack, when needed
 
     telemetry = Telemetry(os.environ)
-    holder = PolicyHolder(settings.policies, None, settings.state_dir, telemetry)
+    holder = Runtime(settings.policies, None, settings.state_dir, telemetry)
     await holder.reload()
     snapshot = holder.current
     if snapshot is not None and snapshot.policy.jobs is None:
@@ -49,7 +49,7 @@ async def run_worker(settings: WorkerSettings) -> None:
     jobs = JobsRuntime(holder, settings.state_dir, settings.workers)
     await jobs.start()
     stop_watching = asyncio.Event()
-    watcher = asyncio.create_task(watch(holder, stop_watching))
+    watcher = asyncio.create_task(watch(holder.policy, stop_watching))
     lifecycle: dict[str, Any] = {"draining": False}
     runner: web.AppRunner | None = None
     if settings.ops_port:

@@ -20,8 +20,8 @@ from sidecar.jobs.backends import open_queue
 from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.webhooks import Webhooks
 from sidecar.jobs.worker import Workers
-from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.model import JobsConfig
+from sidecar.runtime import Runtime
 from sidecar.stores.state import StoreUnavailable
 
 log = logging.getLogger("sidecar.jobs")
@@ -34,7 +34,7 @@ PURGE_ROUNDS = 20
 
 
 class JobsRuntime:
-    def __init__(self, holder: PolicyHolder, state_dir: Path, workers: int | None = None) -> None:
+    def __init__(self, holder: Runtime, state_dir: Path, workers: int | None = None) -> None:
         self.holder = holder
         self.state_dir = state_dir
         self.workers_override = workers  # `llm-sidecar worker --workers N`

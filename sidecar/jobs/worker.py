@@ -31,8 +31,8 @@ from sidecar.jobs.execute import OPERATIONS, Outcome, execute
 from sidecar.jobs.model import DEAD, FAILED, SUCCEEDED, Job
 from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.webhooks import Webhooks
-from sidecar.policy.holder import PolicyHolder
 from sidecar.policy.model import JobsConfig
+from sidecar.runtime import Runtime
 from sidecar.stores.state import StoreUnavailable
 
 log = logging.getLogger("sidecar.jobs")
@@ -64,9 +64,7 @@ def backoff(config: JobsConfig, attempts: int, retry_after: float | None) -> flo
 
 
 class Workers:
-    def __init__(
-        self, holder: PolicyHolder, queue: JobQueue, webhooks: Webhooks, count: int
-    ) -> None:
+    def __init__(self, holder: Runtime, queue: JobQueue, webhooks: Webhooks, count: int) -> None:
         self.holder = holder
         self.queue = queue
         self.webhooks = webhooks

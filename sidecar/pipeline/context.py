@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.errors import FailedAttempt
-from sidecar.policy.holder import Snapshot
 from sidecar.policy.model import Model, Route, Target
+from sidecar.runtime import Snapshot
 from sidecar.stores.state import Hold
 
 
