@@ -185,8 +185,10 @@ def render(
     queued_now = sum((current.get("queues") or {}).values())
     ttft = histogram(win, TTFT)
     lookups = total(win, "sidecar.cache.lookups", by="result")
-    looked = sum(lookups.values())
-    hits = f"{100 * lookups.get('hit', 0) / looked:.0f}% of {_num(looked)}" if looked else "-"
+    found = lookups.get("hit", 0) + lookups.get("semantic-hit", 0)
+    looked = found + lookups.get("miss", 0)  # a bypass looked nothing up
+    hits = f"{100 * found / looked:.0f}% of {_num(looked)}" if looked else "-"
+    saved = sum(total(win, "sidecar.cache.saved").values())
     outputs = total(win, "sidecar.output.validations", by="sidecar.output")
 
     policy = str(current.get("policy_version") or "-")[:12]
@@ -201,8 +203,9 @@ def render(
         f"latency   p50 {ms(requests.quantile(0.5))}   p95 {ms(requests.quantile(0.95))}"
         f"   p99 {ms(requests.quantile(0.99))}      first token p50 {ms(ttft.quantile(0.5))}"
         f"   p95 {ms(ttft.quantile(0.95))}",
-        f"cache     hits {hits}   outputs "
-        + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),
+        f"cache     hits {hits} (semantic {_num(lookups.get('semantic-hit', 0))})"
+        f"   bypassed {_num(lookups.get('bypass', 0))}   saved {saved:.6f} USD",
+        "outputs   " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),
         "",
     ]
 

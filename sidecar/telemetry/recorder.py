@@ -83,8 +83,12 @@ class Telemetry:
         self.rejections = Counter("sidecar.ratelimit.rejections", "{request}")
         self.queue_wait = ExplicitHistogram("sidecar.queue.wait", "s", DURATION_BUCKETS)
         self.budget_events = Counter("sidecar.budget.events", "{event}")
-        self.cache = Counter("sidecar.cache.lookups", "{lookup}")
-        self.saved = Counter("sidecar.cache.saved", "USD")
+        self.cache = Counter(
+            "sidecar.cache.lookups", "{lookup}", "Requests on routes with a cache, by result"
+        )
+        self.saved = Counter(
+            "sidecar.cache.saved", "USD", "What cache hits saved: their answers' first cost"
+        )
         self.outputs = Counter("sidecar.output.validations", "{output}")
         self._own: list[Counter | ExplicitHistogram] = [
             v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)

@@ -49,6 +49,10 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         tel.fallbacks.add(1, {"sidecar.route": route, "sidecar.fallback_reason": reason})
     if ctx.first_chunk_at is not None:
         tel.ttft.record(ctx.first_chunk_at - ctx.started, attrs)
+    if ctx.cache is not None:  # the route has a cache: what its lookup found
+        tel.cache.add(1, {"sidecar.route": route, "result": ctx.cache})
+        if ctx.saved_usd:
+            tel.saved.add(ctx.saved_usd, {"sidecar.route": route})
     if model is not None:
         token_attrs = {k: v for k, v in attrs.items() if k != "http.response.status_code"}
         cost_attrs = {"sidecar.route": route, "sidecar.model": model.name}

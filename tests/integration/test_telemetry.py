@@ -56,9 +56,10 @@ def fast_export(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def make(sidecars: Sidecars, upstream: FakeOpenAI, otlp: OtlpReceiver) -> Make:
+def make(otlp: OtlpReceiver, upstream: FakeOpenAI, sidecars: Sidecars) -> Make:
     """Start a sidecar exporting to `otlp`; `extra` is appended to the policy, `env` to
-    the environment it is given."""
+    the environment it is given. `otlp` is set up first, so it is torn down after the
+    sidecars: their last export at stop finds it there instead of waiting out a timeout."""
 
     async def start(extra: str = "", env: Mapping[str, str] | None = None) -> Sidecar:
         models = "\n".join(
@@ -74,6 +75,9 @@ models:
 routes:
   r: {{targets: [a, b], retry: {{attempts: 1}}}}
   retrying: {{targets: [c], retry: {{attempts: 3, backoff: 10ms}}}}
+  cached: {{targets: [a], cache: answers}}
+cache:
+  answers: {{mode: exact}}
 {extra}
 """,
             env={
@@ -313,6 +317,40 @@ async def test_duration_tokens_ttft_and_counts_are_exported_with_convention_buck
     assert spent.value == pytest.approx(4 * cost("a"))
     assert duration.resource["k8s.pod.name"] == POD
     assert otlp.exports.get("metrics/http", 0) >= 1
+
+
+async def test_cache_lookups_and_what_hits_saved_are_counted(make: Make, otlp: OtlpReceiver):
+    sc = await make()
+    results = [(await ask(sc, "cached", temperature=0))["x-sidecar-cache"] for _ in range(2)]
+    async with api(sc) as client:  # the answer again, as a stream: a hit too
+        stream = await client.chat.completions.with_raw_response.create(
+            model="cached", messages=MESSAGES, temperature=0, stream=True
+        )
+        results.append(stream.headers["x-sidecar-cache"])
+        async for _chunk in stream.parse():
+            pass
+    results.append((await ask(sc, "cached", temperature=0.7))["x-sidecar-cache"])
+    assert results == ["miss", "hit", "hit", "bypass"]  # what the app was told
+    await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 4)
+
+    lookups = otlp.latest("sidecar.cache.lookups")
+    assert {p.attributes["result"]: p.value for p in lookups} == {"miss": 1, "hit": 2, "bypass": 1}
+    assert {p.attributes["sidecar.route"] for p in lookups} == {"cached"}
+    assert {(p.kind, p.monotonic, p.unit) for p in lookups} == {("sum", True, "{lookup}")}
+    [saved] = otlp.latest("sidecar.cache.saved")
+    assert (saved.unit, saved.attributes) == ("USD", {"sidecar.route": "cached"})
+    assert saved.value == pytest.approx(2 * cost("a"))  # each hit saved the first answer's cost
+    # /stats (what `llm-sidecar top` reads) serves the same counters.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{sc.ops_port}/stats") as response,
+    ):
+        stats = (await response.json())["metrics"]
+    counted = {
+        p["attributes"]["result"]: p["value"] for p in stats["sidecar.cache.lookups"]["points"]
+    }
+    assert counted == {"miss": 1, "hit": 2, "bypass": 1}
+    assert stats["sidecar.cache.saved"]["points"][0]["value"] == pytest.approx(2 * cost("a"))
 
 
 async def test_retries_and_fallbacks_are_counted_apart(
