@@ -25,7 +25,7 @@ from typing import Any
 
 DURATION = "gen_ai.client.operation.duration"
 TOKENS = "gen_ai.client.token.usage"
-TTFT = "gen_ai.server.time_to_first_token"
+FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
 COST = "sidecar.cost"
 QUEUE_WAIT = "sidecar.queue.wait"
 ROUTE = "sidecar.route"
@@ -183,7 +183,7 @@ def render(
     fallbacks = sum(total(win, "sidecar.fallbacks").values())
     rejected = sum(total(win, "sidecar.ratelimit.rejections").values())
     queued_now = sum((current.get("queues") or {}).values())
-    ttft = histogram(win, TTFT)
+    first_chunk = histogram(win, FIRST_CHUNK)
     lookups = total(win, "sidecar.cache.lookups", by="result")
     found = lookups.get("hit", 0) + lookups.get("semantic-hit", 0)
     looked = found + lookups.get("miss", 0)  # a bypass looked nothing up
@@ -201,8 +201,8 @@ def render(
         f"   retries {_num(retries)}   fallbacks {_num(fallbacks)}"
         f"   rate-limited {_num(rejected)}   queued now {queued_now}",
         f"latency   p50 {ms(requests.quantile(0.5))}   p95 {ms(requests.quantile(0.95))}"
-        f"   p99 {ms(requests.quantile(0.99))}      first token p50 {ms(ttft.quantile(0.5))}"
-        f"   p95 {ms(ttft.quantile(0.95))}",
+        f"   p99 {ms(requests.quantile(0.99))}      first chunk p50 {ms(first_chunk.quantile(0.5))}"
+        f"   p95 {ms(first_chunk.quantile(0.95))}",
         f"cache     hits {hits} (semantic {_num(lookups.get('semantic-hit', 0))})"
         f"   bypassed {_num(lookups.get('bypass', 0))}   saved {saved:.6f} USD",
         "outputs   " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),

@@ -35,8 +35,9 @@ from sidecar.errors import (
     UpstreamRejected,
 )
 from sidecar.pipeline.context import RequestContext
-from sidecar.policy.model import Target
+from sidecar.policy.model import ProviderConfig, Target
 from sidecar.providers.base import Call, Events, Provider, Reply
+from sidecar.telemetry.attempt import answered, server
 from sidecar.telemetry.recorder import OPERATION, fail
 
 log = logging.getLogger("sidecar.dispatch")
@@ -85,7 +86,7 @@ async def _try_target(ctx: RequestContext, target: Target) -> Reply:
         ctx.attempts += 1
         failed: bool | None = None
         try:
-            reply = await _attempt(ctx, target, provider, budget, config.type)
+            reply = await _attempt(ctx, target, provider, budget, config)
             failed = False
             return reply
         except UpstreamError as error:
@@ -115,7 +116,7 @@ async def _try_target(ctx: RequestContext, target: Target) -> Reply:
 
 
 async def _attempt(
-    ctx: RequestContext, target: Target, provider: Provider, budget: float, wire: str
+    ctx: RequestContext, target: Target, provider: Provider, budget: float, config: ProviderConfig
 ) -> Reply:
     """One upstream call, in its own client span; every failure as an UpstreamError."""
     model = target.model
@@ -123,16 +124,20 @@ async def _attempt(
     with telemetry.span(
         f"{OPERATION.get(ctx.operation, ctx.operation)} {model.upstream}",
         SpanKind.CLIENT,
+        end_on_exit=False,  # `answered` ends it once the answer is in; failures below
         **{
             "gen_ai.operation.name": OPERATION.get(ctx.operation, ctx.operation),
-            "gen_ai.provider.name": wire,
+            "gen_ai.provider.name": config.type,
             "gen_ai.request.model": model.upstream,
+            **server(config.base_url),
             "sidecar.provider": model.provider,
             "sidecar.model": model.name,
             "sidecar.attempt": ctx.attempts,
         },
     ) as span:
+        called_at = time.monotonic()
         reply: Reply | None = None
+        answered_ok = False
         try:
             async with asyncio.timeout(budget):
                 reply = await provider.send(
@@ -140,6 +145,7 @@ async def _attempt(
                 )
                 if reply.events is not None:
                     await _first_event(reply)
+            answered_ok = True
         except (UpstreamError, TimeoutError) as exc:
             if reply is not None:
                 await reply.aclose()
@@ -153,8 +159,12 @@ async def _attempt(
                 span.set_attribute("http.response.status_code", error.status)
             telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": error.kind})
             raise error from None
+        finally:
+            if span is not None and not answered_ok:  # failed, or cancelled (a lost hedge)
+                span.end()
+        assert reply is not None
         telemetry.attempts.add(1, {"sidecar.model": model.name, "outcome": "ok"})
-        return reply
+        return answered(span, reply, called_at)
 
 
 def _fail(ctx: RequestContext, target: Target, error: UpstreamError) -> None:

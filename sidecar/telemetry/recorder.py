@@ -26,6 +26,7 @@ from sidecar.telemetry.setup import (
     TOKEN_BUCKETS,
     TTFT_BUCKETS,
     build,
+    genai_latest,
 )
 
 SCOPE = "llm-sidecar"
@@ -69,11 +70,26 @@ class Telemetry:
         self.tokens = ExplicitHistogram(
             "gen_ai.client.token.usage", "{token}", TOKEN_BUCKETS, "Tokens used per request"
         )
-        self.ttft = ExplicitHistogram(
-            "gen_ai.server.time_to_first_token",
+        # The sidecar is the provider's client: a stream's first chunk is measured by the
+        # client convention (its buckets are the duration's). The model-server name it was
+        # exported under before stays alongside for existing dashboards, unless
+        # OTEL_SEMCONV_STABILITY_OPT_IN has `gen_ai_latest_experimental`: then only the
+        # latest conventions are emitted, as the GenAI conventions' transition plan says.
+        self.ttfc = ExplicitHistogram(
+            "gen_ai.client.operation.time_to_first_chunk",
             "s",
-            TTFT_BUCKETS,
-            "Time to the first streamed chunk",
+            DURATION_BUCKETS,
+            "Time to receive the first chunk of a streamed answer",
+        )
+        self.ttft = (
+            None
+            if genai_latest(env)
+            else ExplicitHistogram(
+                "gen_ai.server.time_to_first_token",
+                "s",
+                TTFT_BUCKETS,
+                "Time to the first streamed chunk (deprecated: see time_to_first_chunk)",
+            )
         )
         self.requests = Counter("sidecar.requests", "{request}")
         self.attempts = Counter("sidecar.upstream.attempts", "{attempt}")
@@ -158,11 +174,17 @@ class Telemetry:
 
     @contextmanager
     def span(
-        self, name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any
+        self,
+        name: str,
+        kind: SpanKind = SpanKind.INTERNAL,
+        *,
+        end_on_exit: bool = True,
+        **attributes: Any,
     ) -> Iterator[Span | None]:
         """A child of the current span; none when that is not recording (not sampled):
         its children would not be sampled either, and making them costs as much as a
-        request's own pipeline work when most requests go unsampled."""
+        request's own pipeline work when most requests go unsampled. With `end_on_exit`
+        false the caller ends it (an attempt's span lasts as long as its stream)."""
         if not self.tracing or not trace.get_current_span().is_recording():
             yield None
             return
@@ -172,6 +194,7 @@ class Telemetry:
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
+            end_on_exit=end_on_exit,
         ) as span:
             yield span
 

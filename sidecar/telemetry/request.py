@@ -48,7 +48,10 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
     if reason is not None:
         tel.fallbacks.add(1, {"sidecar.route": route, "sidecar.fallback_reason": reason})
     if ctx.first_chunk_at is not None:
-        tel.ttft.record(ctx.first_chunk_at - ctx.started, attrs)
+        first = ctx.first_chunk_at - ctx.started
+        tel.ttfc.record(first, attrs)
+        if tel.ttft is not None:
+            tel.ttft.record(first, attrs)
     if ctx.cache is not None:  # the route has a cache: what its lookup found
         tel.cache.add(1, {"sidecar.route": route, "result": ctx.cache})
         if ctx.saved_usd:

@@ -10,6 +10,8 @@ not the SDK's trace-everything (see `_default_sampler`). Kubernetes
 pod, namespace and node come from the downward-API variables K8S_POD_NAME,
 K8S_NAMESPACE_NAME and K8S_NODE_NAME when the chart sets them. Metrics are exported with
 cumulative temporality (the reader that serves `/stats` is the one exported).
+OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental drops the names kept from earlier
+GenAI conventions (`genai_latest`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,13 @@ def build(env: Mapping[str, str]) -> Providers:
         millis(env, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000,
         res,
     )
+
+
+def genai_latest(env: Mapping[str, str]) -> bool:
+    """Whether OTEL_SEMCONV_STABILITY_OPT_IN (a comma-separated list) asks for the latest
+    experimental GenAI conventions only, dropping names emitted for earlier versions."""
+    values = env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")
+    return "gen_ai_latest_experimental" in {v.strip() for v in values}
 
 
 def _default_sampler(env: Mapping[str, str]) -> Sampler | None:

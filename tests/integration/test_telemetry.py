@@ -164,9 +164,19 @@ async def test_a_fallback_is_one_server_span_continuing_the_apps_trace_with_two_
         assert attempt.attributes["gen_ai.provider.name"] == "openai"
         assert attempt.attributes["sidecar.provider"] == "main"
         assert attempt.attributes["sidecar.attempt"] == n
+        # where the call went: the provider's host and port, not the sidecar's
+        assert attempt.attributes["server.address"] == "127.0.0.1"
+        assert attempt.attributes["server.port"] == upstream.port
         assert server.start_ns <= attempt.start_ns <= attempt.end_ns <= server.end_ns
     assert first.attributes["gen_ai.request.model"] == "up-a"
     assert second.attributes["gen_ai.request.model"] == "up-b"
+    # The attempt that answered says which model did and what the provider counted; the
+    # failed one has no answer to describe.
+    assert second.attributes["gen_ai.response.model"] == "up-b"
+    assert second.attributes["gen_ai.usage.input_tokens"] == IN
+    assert second.attributes["gen_ai.usage.output_tokens"] == OUT
+    for absent in ("gen_ai.response.model", "gen_ai.usage.input_tokens"):
+        assert absent not in first.attributes
 
     assert server.resource["service.name"] == "llm-sidecar"
     assert server.resource["k8s.pod.name"] == POD
@@ -304,6 +314,12 @@ async def test_duration_tokens_ttft_and_counts_are_exported_with_convention_buck
     assert tokens["input"].buckets[2] == 4
     assert tokens["output"].buckets[1] == 4
 
+    # The sidecar is a client of the provider: the client convention, with its buckets.
+    [first_chunk] = otlp.latest("gen_ai.client.operation.time_to_first_chunk")
+    assert (first_chunk.unit, first_chunk.bounds, first_chunk.count) == ("s", DURATION_BOUNDS, 1)
+    assert first_chunk.attributes == duration.attributes
+    assert 0 < first_chunk.sum < duration.sum
+    # The model-server name exported before stays alongside, unless opted out (below).
     [ttft] = otlp.latest("gen_ai.server.time_to_first_token")
     assert (ttft.unit, ttft.bounds, ttft.count) == ("s", TTFT_BOUNDS, 1)
 
@@ -351,6 +367,54 @@ async def test_cache_lookups_and_what_hits_saved_are_counted(make: Make, otlp: O
     }
     assert counted == {"miss": 1, "hit": 2, "bypass": 1}
     assert stats["sidecar.cache.saved"]["points"][0]["value"] == pytest.approx(2 * cost("a"))
+
+
+async def test_with_the_latest_genai_conventions_opted_in_only_their_names_are_exported(
+    make: Make, otlp: OtlpReceiver
+):
+    sc = await make(env={"OTEL_SEMCONV_STABILITY_OPT_IN": "http, gen_ai_latest_experimental"})
+    async with api(sc) as client:
+        stream = await client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        async for _chunk in stream:
+            pass
+    await collect(
+        sc.telemetry,
+        otlp,
+        lambda: otlp.total("gen_ai.client.operation.time_to_first_chunk") == 1,
+    )
+    assert otlp.latest("gen_ai.server.time_to_first_token") == []
+    exported = {p.metric for p in otlp.points}
+    assert "gen_ai.server.time_to_first_token" not in exported
+    assert "gen_ai.client.operation.duration" in exported
+
+
+async def test_a_streamed_attempts_span_covers_the_stream_and_carries_its_usage(
+    make: Make, upstream: FakeOpenAI, otlp: OtlpReceiver
+):
+    sc = await make()
+    # The provider names a dated version of the model it was asked for.
+    upstream.behave("up-a", answered_by="up-a-2025-01-01", chunk_delay=0.02)
+    async with api(sc) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="r", messages=MESSAGES, stream=True
+        )
+        async for _chunk in raw.parse():
+            pass
+    trace_id = raw.headers["x-sidecar-trace-id"]
+    await collect(sc.telemetry, otlp, lambda: len(otlp.trace(trace_id)) == 2)
+    [server] = server_spans(otlp)
+    [attempt] = otlp.children(server)
+    assert attempt.kind == "CLIENT"
+    assert attempt.attributes["gen_ai.request.model"] == "up-a"
+    assert attempt.attributes["gen_ai.response.model"] == "up-a-2025-01-01"
+    assert attempt.attributes["gen_ai.usage.input_tokens"] == IN  # from the usage chunk
+    assert attempt.attributes["gen_ai.usage.output_tokens"] == OUT
+    assert attempt.attributes["server.port"] == upstream.port
+    first = attempt.attributes["gen_ai.response.time_to_first_chunk"]
+    # "hello from upstream": six more events after the first, 20 ms apart: the span lasts
+    # until the last one, well past the first chunk.
+    assert 0 < first < (attempt.end_ns - attempt.start_ns) / 1e9 - 0.05
+    assert attempt.end_ns <= server.end_ns
 
 
 async def test_retries_and_fallbacks_are_counted_apart(
@@ -457,6 +521,7 @@ async def test_budget_spend_and_remaining_are_gauges_per_team_but_not_per_user_b
     sc = await make(BUDGETS)
     for team, user in (("shop", "ann"), ("shop", "bob"), ("ads", "cat")):
         await ask(sc, max_tokens=10, extra_headers={"x-sidecar-team": team, "x-sidecar-user": user})
+    # A request is settled just after its answer went out: wait for a reading of all three.
     await collect(
         sc.telemetry,
         otlp,
@@ -515,7 +580,8 @@ async def test_export_is_batched_in_the_background_without_any_flush(
     headers = await ask(sc)
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        if otlp.trace(headers["x-sidecar-trace-id"]) and otlp.total("sidecar.requests") == 1:
+        # Two spans: the attempt's ends first and may leave in an earlier batch.
+        if len(otlp.trace(headers["x-sidecar-trace-id"])) == 2 and otlp.total("sidecar.requests"):
             break
         await asyncio.sleep(0.05)
     assert len(otlp.trace(headers["x-sidecar-trace-id"])) == 2

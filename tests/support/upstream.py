@@ -31,6 +31,7 @@ class Behaviour:
     fail_times: int | None = None  # fail only this many times, then behave normally
     replies: list[str] | None = None  # successive answers (the last one repeats)
     finish_reason: str = "stop"
+    answered_by: str | None = None  # the model the answer names (default: the one asked for)
 
 
 class FakeOpenAI(FakeServer[Behaviour]):
@@ -87,7 +88,7 @@ class FakeOpenAI(FakeServer[Behaviour]):
         body, b, early = await self._common(request)
         if early is not None:
             return early
-        model = body["model"]
+        model = b.answered_by or body["model"]
         text = b.reply
         if b.replies:
             text = b.replies.pop(0) if len(b.replies) > 1 else b.replies[0]
