@@ -96,6 +96,7 @@ def ops_app(holder: Runtime, lifecycle: dict[str, Any], usage_token: str) -> web
     app.router.add_get("/status", ops.status)
     app.router.add_get("/usage", usage_api.usage)
     app.router.add_get("/stats", ops.stats)
+    app.router.add_get("/metrics", ops.metrics)
     app.router.add_post("/cache/purge", usage_api.purge_cache)
     return app
 

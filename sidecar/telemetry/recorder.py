@@ -131,6 +131,8 @@ class Telemetry:
         # Budget gauges are read from the store at least as often as metrics are exported.
         self.refresh_every = min(10.0, providers.export_interval)
         self._users: set[str] = set()
+        self._scrape: Any = None  # the Prometheus exposition, made at the first scrape
+        self._scrape_lock = threading.Lock()
 
     def watch_circuits(self, breakers: Any) -> None:
         self._circuits = breakers
@@ -239,6 +241,17 @@ class Telemetry:
                     out["metrics"][metric.name] = {"unit": metric.unit, "points": points}
         return out
 
+    def scrape(self, accept: str) -> tuple[bytes, str]:
+        """`/metrics`: the Prometheus exposition of `collect`, in the format `accept` asks
+        for, and its content type. The exporter (about 3 MB) is loaded at the first scrape,
+        so a sidecar nothing scrapes does not carry it. Blocks: call it off the loop."""
+        with self._scrape_lock:
+            if self._scrape is None:
+                from sidecar.telemetry.prometheus import PrometheusScrape
+
+                self._scrape = PrometheusScrape(self.collect)
+        return self._scrape.render(accept)  # type: ignore[no-any-return]
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Export what was recorded so far, now. Blocks on the exporters' threads: call it
         off the event loop (a receiver served by the same loop would never answer)."""
@@ -267,6 +280,8 @@ class Telemetry:
             if thread.is_alive() and exporter is not None:
                 exporter.shutdown()  # ends its retry wait; the thread then finishes
         self._meter_provider.shutdown()  # only the in-process reader: nothing to wait for
+        if self._scrape is not None:
+            self._scrape.close()
 
 
 def _thread(target: Any) -> threading.Thread:
