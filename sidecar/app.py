@@ -2,7 +2,8 @@
 watcher, and shutdown order.
 
 The proxy listens on loopback (only the pod's own app may reach it); the ops listener
-serves health and status on all interfaces for the kubelet. On stop: readiness turns
+serves health and status on all interfaces for the kubelet, so it takes fewer connections
+at once and closes idle ones sooner (sidecar/listeners.py). On stop: readiness turns
 false, the listeners close, requests in flight (streams too) get `drain_timeout` to finish,
 the accounting of answered requests gets `SETTLE_GRACE`, then stores and provider
 connections close.
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +29,11 @@ from sidecar.api import jobs as jobs_api
 from sidecar.api import openai as openai_api
 from sidecar.api import ops
 from sidecar.api import usage as usage_api
-from sidecar.api.keys import HOLDER, JOBS, LIFECYCLE, USAGE_TOKEN
+from sidecar.api.guard import last_resort
+from sidecar.api.keys import HOLDER, JOBS, LIFECYCLE, LIMITS, USAGE_TOKEN, BodyLimits
 from sidecar.gc_tuning import tune_after_start
 from sidecar.jobs.runtime import JobsRuntime
+from sidecar.listeners import ConnectionLimits, listen, serve
 from sidecar.policy.watcher import watch
 from sidecar.runtime import Runtime
 from sidecar.telemetry.recorder import Telemetry
@@ -50,16 +52,22 @@ class Settings:
     ops_port: int = 8481
     drain_timeout: float = 30.0
     max_body: int = 32 * 1024 * 1024  # images in requests are far above aiohttp's 1 MiB
+    # Connections that never finish a request (sidecar/listeners.py, api/body.py):
+    idle_timeout: float = 30.0  # keep-alive idle, and the deadline for a request's header
+    body_timeout: float = 30.0  # from a request's header to the end of its body
+    ops_idle_timeout: float = 5.0
+    ops_max_connections: int = 64  # the ops port listens on all interfaces
     state_dir: Path = Path(".")  # where a sqlite state file with a relative path lives
     usage_token: str = ""  # bearer token for /usage on the ops port; "" leaves it open
     watch: bool = True
 
 
 def proxy_app(
-    holder: Runtime, lifecycle: dict[str, Any], max_body: int, jobs: JobsRuntime
+    holder: Runtime, lifecycle: dict[str, Any], limits: BodyLimits, jobs: JobsRuntime
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(client_max_size=limits.max_bytes, middlewares=[last_resort])
     app[HOLDER] = holder
+    app[LIMITS] = limits
     app[LIFECYCLE] = lifecycle
     app[JOBS] = jobs
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
@@ -87,7 +95,7 @@ def add_jobs_routes(app: web.Application) -> None:
 
 
 def ops_app(holder: Runtime, lifecycle: dict[str, Any], usage_token: str) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[last_resort])
     app[HOLDER] = holder
     app[USAGE_TOKEN] = usage_token
     app[LIFECYCLE] = lifecycle
@@ -101,13 +109,6 @@ def ops_app(holder: Runtime, lifecycle: dict[str, Any], usage_token: str) -> web
     return app
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048)
-    sock.setblocking(False)
-    return sock
-
-
 class Sidecar:
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
@@ -116,36 +117,35 @@ class Sidecar:
         self.jobs = JobsRuntime(self.holder, settings.state_dir)
         self.lifecycle: dict[str, Any] = {"draining": False}
         self._runners: list[web.AppRunner] = []
-        self._sockets: list[socket.socket] = []
+        self._ports: list[int] = []
         self._stop_watching = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        return int(self._sockets[0].getsockname()[1])
+        return self._ports[0]
 
     @property
     def ops_port(self) -> int:
-        return int(self._sockets[1].getsockname()[1])
+        return self._ports[1]
 
     async def start(self) -> None:
         s = self.settings
         await self.holder.reload()
         await self.jobs.start()
-        proxy = proxy_app(self.holder, self.lifecycle, s.max_body, self.jobs)
-        for app, host, port, timeout in (
-            (proxy, s.host, s.port, s.drain_timeout),
-            (ops_app(self.holder, self.lifecycle, s.usage_token), s.ops_host, s.ops_port, 1.0),
+        proxy = proxy_app(
+            self.holder, self.lifecycle, BodyLimits(s.max_body, s.body_timeout), self.jobs
+        )
+        ops = ops_app(self.holder, self.lifecycle, s.usage_token)
+        ops_limits = ConnectionLimits(s.ops_idle_timeout, s.ops_max_connections)
+        for app, host, port, limits, drain in (
+            (proxy, s.host, s.port, ConnectionLimits(s.idle_timeout), s.drain_timeout),
+            (ops, s.ops_host, s.ops_port, ops_limits, 1.0),
         ):
-            runner = web.AppRunner(
-                app, access_log=None, handler_cancellation=True, shutdown_timeout=timeout
-            )
-            await runner.setup()
-            sock = _listen(host, port)
-            await web.SockSite(runner, sock).start()
-            self._runners.append(runner)
-            self._sockets.append(sock)
+            sock = listen(host, port)
+            self._ports.append(int(sock.getsockname()[1]))
+            self._runners.append(await serve(app, sock, limits, drain))
         if s.watch:
             self._watcher = asyncio.create_task(watch(self.holder.policy, self._stop_watching))
         self._gauges = asyncio.create_task(self._refresh_budget_gauges())

@@ -28,6 +28,19 @@ def parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("SIDECAR_DRAIN_TIMEOUT", "30")),
         help="seconds requests in flight get to finish after SIGTERM (default 30)",
     )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=launch.env_float("SIDECAR_IDLE_TIMEOUT", 30.0),
+        help="seconds a proxy connection may stay open without a complete request header,"
+        " idle between requests or sending one (default 30)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=launch.env_float("SIDECAR_BODY_TIMEOUT", 30.0),
+        help="seconds from a request's header to the end of its body; later: 408 (default 30)",
+    )
 
     check = sub.add_parser(
         "check", help="validate a policy folder (exit 1 with FILE:LINE: problems)"
@@ -153,6 +166,10 @@ def serve(args: argparse.Namespace) -> int:
         ops_host=args.ops_host,
         ops_port=args.ops_port,
         drain_timeout=args.drain_timeout,
+        idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout,
+        ops_idle_timeout=args.ops_idle_timeout,
+        ops_max_connections=args.ops_max_connections,
         state_dir=args.state_dir,
         usage_token=os.environ.get("SIDECAR_USAGE_TOKEN", ""),
     )

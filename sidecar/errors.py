@@ -1,7 +1,9 @@
 """The one error tree of the sidecar, and how each error looks on the wire.
 
     SidecarError                  an answer to the client: status, OpenAI type/code, Retry-After
-    ├── InvalidRequest            400  the request itself is wrong (bad JSON, missing model)
+    ├── InvalidRequest            400  the request itself is wrong (bad JSON, a field of the
+    │   │                              wrong type; 415 an unknown encoding, 408 a body that
+    │   │                              did not arrive in time)
     │   └── BodyTooLarge          413  the body (or an uploaded file) is above the endpoint's limit
     ├── ModelNotFound             404  no route and no model by that name; lists what exists
     ├── NotReady                  503  no valid policy loaded yet, or shutting down
@@ -10,7 +12,9 @@
     ├── StateUnavailable          503  the state store is down and `on_error: closed`
     ├── OutputInvalid             422  the answer never matched the route's output schema
     ├── UpstreamRejected          4xx  the provider refused the request itself; its body, redacted
-    └── TargetsExhausted          502/504  every target failed; names each attempt, in order
+    ├── TargetsExhausted          502/504  every target failed; names each attempt, in order
+    └── Internal                  500  our bug: an exception no handler expected (api/guard.py
+                                       logs it once, with its traceback)
 
     UpstreamError                 one attempt's failure, classified by `kind`; dispatch decides
                                   whether the next target is tried. It never reaches the client
@@ -47,9 +51,25 @@ class InvalidRequest(SidecarError):
     status = 400
     type = "invalid_request_error"
 
-    def __init__(self, message: str, *, code: str = "invalid_request") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "invalid_request",
+        param: str | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        if status is not None:
+            self.status = status
+        self.param = param  # the body field at fault (`messages[2].content`), as OpenAI says
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.type, "code": self.code}
+        if self.param is not None:
+            error["param"] = self.param
+        return orjson.dumps({"error": error})
 
 
 class BodyTooLarge(InvalidRequest):
@@ -117,6 +137,14 @@ class UpstreamRejected(SidecarError):
 
     def body(self) -> bytes:
         return self.raw_body or super().body()
+
+
+class Internal(SidecarError):
+    """What the client sees of an exception nothing expected: never its text or traceback
+    (they may hold request data); those go to the log, once."""
+
+    def __init__(self) -> None:
+        super().__init__("the sidecar failed on this request (an internal error, logged)")
 
 
 # Failure classes of one upstream attempt. Later stages (retry policy `on:`) name these.

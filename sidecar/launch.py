@@ -18,6 +18,12 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def env_float(name: str, default: float) -> float:
+    """A number of seconds' default from the environment; unset or empty means `default`."""
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
 def default_state_dir() -> Path:
     """Where state files live unless told: `$SIDECAR_STATE_DIR`, else the user's state folder
     (`$XDG_STATE_HOME/llm-sidecar`, `~/.local/state/llm-sidecar`), never the current folder,
@@ -54,6 +60,18 @@ def add_process_options(
         type=int,
         default=env_int("SIDECAR_OPS_PORT", 8481),
         help=ops_help,
+    )
+    parser.add_argument(
+        "--ops-idle-timeout",
+        type=float,
+        default=env_float("SIDECAR_OPS_IDLE_TIMEOUT", 5.0),
+        help="seconds an ops connection may stay open without a complete request (default 5)",
+    )
+    parser.add_argument(
+        "--ops-max-connections",
+        type=int,
+        default=env_int("SIDECAR_OPS_MAX_CONNECTIONS", 64),
+        help="ops connections open at once; more are closed on arrival (default 64)",
     )
     parser.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
 

@@ -12,11 +12,14 @@ from sidecar.api import anthropic_wire
 from sidecar.api.proxy import Dialect, proxy
 from sidecar.errors import SidecarError, UpstreamRejected
 from sidecar.providers.base import CHAT
+from sidecar.shapes import MESSAGES_SHAPE
 
 # Our error codes → Anthropic's error types, so the SDK raises the usual exception.
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    408: "invalid_request_error",
+    415: "invalid_request_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
@@ -51,4 +54,4 @@ ANTHROPIC = Dialect(
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    return await proxy(request, CHAT, ANTHROPIC)
+    return await proxy(request, CHAT, ANTHROPIC, MESSAGES_SHAPE)

@@ -27,14 +27,12 @@ _CARRIED = ("top_k", "thinking")
 
 
 def request(body: Mapping[str, Any]) -> dict[str, Any]:
-    for field in ("model", "max_tokens", "messages"):
-        if field not in body:
-            raise InvalidRequest(f"'{field}' is required", code="missing_field")
+    """`body` has the Messages shape (api/shapes.py checked it) before it comes here."""
     try:
         return _request(body)
-    except (AttributeError, KeyError, TypeError) as exc:
-        # A body whose parts have the wrong shape (a message that is not an object, a tool
-        # without a name): the client's fault, so a 400, never a 500 from deep inside.
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # Whatever the shape check lets through and the translation still cannot read is
+        # the request's fault too: a 400, never a 500 from deep inside.
         raise InvalidRequest(
             f"malformed Messages request ({exc.__class__.__name__}: {exc})"[:300],
             code="invalid_request",

@@ -18,13 +18,14 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from sidecar.api.body import arriving, encoding, json_body
 from sidecar.api.jobs import answer, answered, caller, context, not_found
-from sidecar.api.proxy import _json_body
 from sidecar.errors import BodyTooLarge, InvalidRequest
 from sidecar.jobs import batches
 from sidecar.jobs.model import ENDPOINTS, new_id
 from sidecar.jobs.queue import StoredFile
 from sidecar.policy.durations import parse_duration
+from sidecar.shapes import BATCH_SHAPE
 
 PURPOSES = ("batch",)
 
@@ -47,19 +48,26 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _multipart(request: web.Request) -> tuple[str | None, str, bytes]:
+    """The parts of an upload, read like any request body: within the body timeout; a
+    compressed upload is refused (415)."""
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("upload a file as multipart/form-data", code="invalid_upload")
+    if encoding(request) is not None:
+        raise InvalidRequest(
+            "upload the file uncompressed", code="unsupported_encoding", status=415
+        )
     purpose: str | None = None
     filename, content = "upload.jsonl", None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "purpose":
-            purpose = (await part.text()).strip()
-        elif part.name == "file":
-            filename = part.filename or filename
-            content = bytes(await part.read())
+    async with arriving(request):
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+            elif part.name == "file":
+                filename = part.filename or filename
+                content = bytes(await part.read())
     if content is None:
         raise InvalidRequest("the upload has no 'file' part", code="invalid_upload")
     return purpose, filename, content
@@ -97,7 +105,7 @@ async def delete_file(request: web.Request) -> web.Response:
 @answered
 async def create(request: web.Request) -> web.Response:
     snapshot, _, queue = context(request)
-    body = await _json_body(request)
+    body = await json_body(request, BATCH_SHAPE)
     endpoint = body.get("endpoint")
     if endpoint not in ENDPOINTS:
         raise InvalidRequest(

@@ -20,9 +20,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from sidecar.api.body import json_body
 from sidecar.api.keys import HOLDER, JOBS
 from sidecar.api.openai import OPENAI
-from sidecar.api.proxy import JSON, _json_body, error_response, not_ready
+from sidecar.api.proxy import JSON, error_response, not_ready
 from sidecar.errors import InvalidRequest, SidecarError, StateUnavailable
 from sidecar.jobs.execute import OPERATIONS
 from sidecar.jobs.model import CHAT_ENDPOINT, ENDPOINTS, PRIORITIES, STATUSES, Job, new_id
@@ -35,6 +36,7 @@ from sidecar.policy.durations import parse_duration
 from sidecar.policy.model import JobsConfig, Policy
 from sidecar.providers.base import CHAT
 from sidecar.runtime import Snapshot
+from sidecar.shapes import JOB_SHAPE
 from sidecar.stores.state import StoreUnavailable
 
 # Headers a job keeps for the pipeline: identity and trace context, plus whatever headers
@@ -175,7 +177,7 @@ def answered(handler: Handler) -> Handler:
 @answered
 async def submit(request: web.Request) -> web.Response:
     snapshot, config, queue = context(request)
-    job = job_from(await _json_body(request), request, snapshot, config)
+    job = job_from(await json_body(request, JOB_SHAPE), request, snapshot, config)
     await queue.submit([job])
     return answer(job.view(), 202, {"location": f"/v1/jobs/{job.id}"})
 

@@ -14,6 +14,7 @@ from sidecar.api.keys import HOLDER
 from sidecar.api.proxy import JSON, Dialect, error_response, not_ready, proxy
 from sidecar.errors import InvalidRequest, SidecarError
 from sidecar.providers.base import CHAT, EMBEDDINGS, Events
+from sidecar.shapes import CHAT_SHAPE, EMBEDDINGS_SHAPE
 
 ENDPOINTS = (
     "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages, "
@@ -49,11 +50,11 @@ OPENAI = Dialect(
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await proxy(request, CHAT, OPENAI)
+    return await proxy(request, CHAT, OPENAI, CHAT_SHAPE)
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await proxy(request, EMBEDDINGS, OPENAI)
+    return await proxy(request, EMBEDDINGS, OPENAI, EMBEDDINGS_SHAPE)
 
 
 async def models(request: web.Request) -> web.Response:

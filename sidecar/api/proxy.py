@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
 from opentelemetry.trace import Span
 
+from sidecar.api.body import json_body
 from sidecar.api.keys import HOLDER
-from sidecar.errors import BodyTooLarge, InvalidRequest, NotReady, SidecarError, UpstreamError
+from sidecar.errors import NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Events, Reply
+from sidecar.shapes import Shape
 from sidecar.telemetry.recorder import OPERATION
 from sidecar.telemetry.request import observe, trace_id
 
@@ -58,12 +59,14 @@ def not_ready() -> NotReady:
     return NotReady("no valid policy is loaded yet; see /status on the ops port", retry_after=1)
 
 
-async def proxy(request: web.Request, operation: str, dialect: Dialect) -> web.StreamResponse:
+async def proxy(
+    request: web.Request, operation: str, dialect: Dialect, shape: Shape
+) -> web.StreamResponse:
     snapshot = request.app[HOLDER].current  # taken once: this request keeps it to its end
     if snapshot is None:
         return error_response(dialect, not_ready())
     try:
-        body = dialect.to_internal(await _json_body(request))
+        body = dialect.to_internal(await json_body(request, shape))
     except SidecarError as exc:
         return error_response(dialect, exc)
     stream = operation == CHAT and body.get("stream") is True
@@ -130,22 +133,6 @@ def _headers(ctx: RequestContext, span: Span | None) -> dict[str, str]:
     if trace is not None:
         headers["x-sidecar-trace-id"] = trace
     return headers
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(f"request body is too large ({exc.text})") from None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
-    return body
 
 
 async def _relay(

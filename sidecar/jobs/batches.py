@@ -17,7 +17,9 @@ import orjson
 
 from sidecar.jobs.model import (
     CANCELLED,
+    CHAT_ENDPOINT,
     DEAD,
+    EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
     FAILED,
     PRIORITIES,
@@ -28,8 +30,10 @@ from sidecar.jobs.model import (
     new_id,
 )
 from sidecar.jobs.queue import JobQueue, StoredFile
+from sidecar.shapes import CHAT_SHAPE, EMBEDDINGS_SHAPE, too_deep
 
 MAX_LINES = 50_000  # OpenAI's own limit per batch
+SHAPES = {CHAT_ENDPOINT: CHAT_SHAPE, EMBEDDINGS_ENDPOINT: EMBEDDINGS_SHAPE}
 OPEN = ("validating", "in_progress", "finalizing")
 
 
@@ -69,8 +73,10 @@ def parse_input(
             wrong("invalid_method", f"line {n}: method must be POST", n)
         elif url not in (endpoint, endpoint.removeprefix("/v1")):
             wrong("mismatched_endpoint", f"line {n}: url '{url}' is not {endpoint}", n)
-        elif not isinstance(body, dict) or not body.get("model"):
-            wrong("invalid_request", f"line {n}: body must be an object with a model", n)
+        elif not isinstance(body, dict) or too_deep(raw, body):
+            wrong("invalid_request", f"line {n}: body must be an object (at most 254 deep)", n)
+        elif (problem := SHAPES[endpoint].problem(body)) is not None:
+            wrong("invalid_request", f"line {n}: {problem}", n)
         elif body.get("stream"):
             wrong("invalid_request", f"line {n}: batch requests cannot stream", n)
         else:

@@ -84,6 +84,8 @@ def _worker(args: argparse.Namespace) -> int:
         workers=args.workers,
         ops_host=args.ops_host,
         ops_port=args.ops_port,
+        ops_idle_timeout=args.ops_idle_timeout,
+        ops_max_connections=args.ops_max_connections,
         grace=args.grace,
     )
     launch.run(run_worker(settings), args.log_level)

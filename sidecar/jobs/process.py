@@ -34,11 +34,14 @@ class WorkerSettings:
     workers: int | None = None  # default: the policy's jobs.workers
     ops_host: str = "0.0.0.0"
     ops_port: int = 8481  # 0: no ops listener
+    ops_idle_timeout: float = 5.0
+    ops_max_connections: int = 64
     grace: float = 30.0
 
 
 async def run_worker(settings: WorkerSettings) -> None:
-    from sidecar.app import SETTLE_GRACE, _listen, ops_app  # the server stack, when needed
+    from sidecar.app import SETTLE_GRACE, ops_app  # the server stack, when needed
+    from sidecar.listeners import ConnectionLimits, listen, serve
 
     telemetry = Telemetry(os.environ)
     holder = Runtime(settings.policies, None, settings.state_dir, telemetry)
@@ -53,9 +56,9 @@ async def run_worker(settings: WorkerSettings) -> None:
     lifecycle: dict[str, Any] = {"draining": False}
     runner: web.AppRunner | None = None
     if settings.ops_port:
-        runner = web.AppRunner(ops_app(holder, lifecycle, ""), access_log=None)
-        await runner.setup()
-        await web.SockSite(runner, _listen(settings.ops_host, settings.ops_port)).start()
+        sock = listen(settings.ops_host, settings.ops_port)
+        limits = ConnectionLimits(settings.ops_idle_timeout, settings.ops_max_connections)
+        runner = await serve(ops_app(holder, lifecycle, ""), sock, limits, 1.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

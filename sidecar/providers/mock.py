@@ -16,6 +16,9 @@ import orjson
 
 from sidecar.policy.model import ProviderConfig
 from sidecar.providers.base import EMBEDDINGS, Call, Events, Leases, Reply
+from sidecar.providers.http import unsupported
+
+MAX_DIMENSIONS = 8192  # the most `embedding_dims` may say
 
 
 class MockProvider:
@@ -115,6 +118,8 @@ class MockProvider:
         inputs = call.body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         dims = call.body.get("dimensions") or self.settings.embedding_dims
+        if dims > MAX_DIMENSIONS:  # as a real model refuses more than it has
+            raise unsupported(f"dimensions above {MAX_DIMENSIONS}")
         data = [
             {"object": "embedding", "index": i, "embedding": _vector(str(item), dims)}
             for i, item in enumerate(items)

@@ -1075,22 +1075,26 @@ async def test_malformed_messages_request_is_a_400_in_anthropic_shape(
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "field"),
     [
-        {"model": "haiku", "messages": "hi"},
-        {"model": "haiku", "messages": [{"role": "user", "content": ["hi"]}]},
-        {"model": "haiku", "messages": [{"role": "user", "content": "hi"}], "stop": 5},
+        ({"model": "haiku", "messages": "hi"}, "messages"),
+        (
+            {"model": "haiku", "messages": [{"role": "user", "content": ["hi"]}]},
+            "messages[0].content[0]",
+        ),
+        ({"model": "haiku", "messages": [{"role": "user", "content": "hi"}], "stop": 5}, "stop"),
     ],
 )
 async def test_malformed_chat_request_to_anthropic_is_a_400_in_openai_shape(
-    sidecar: Sidecar, upstream_anthropic: FakeAnthropic, body: dict[str, Any]
+    sidecar: Sidecar, upstream_anthropic: FakeAnthropic, body: dict[str, Any], field: str
 ) -> None:
     url = f"http://127.0.0.1:{sidecar.port}/v1/chat/completions"
     async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
         assert response.status == 400
         answer = await response.json()
     assert answer["error"]["type"] == "invalid_request_error"
-    assert "malformed" in answer["error"]["message"]
+    assert answer["error"]["param"] == field
+    assert answer["error"]["message"].startswith(f"{field}: expected ")
     assert upstream_anthropic.calls() == []
 
 
