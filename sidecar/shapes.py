@@ -1,4 +1,5 @@
-"""The shapes of request bodies, checked before any stage touches them.
+"""The shapes of what crosses the sidecar: request bodies, checked before any stage touches
+them, and upstream answers, checked before they are passed on.
 
 One JSON Schema (draft 2020-12) per endpoint, for both ingress formats: OpenAI's chat
 completions and embeddings, Anthropic's messages, and the jobs and batches bodies (a job's
@@ -6,6 +7,8 @@ completions and embeddings, Anthropic's messages, and the jobs and batches bodie
 and the translators read — `messages` a list of objects, `max_tokens` a positive integer,
 `response_format` an object — and permissive elsewhere: fields not named here go to the
 provider untouched, as the providers' own servers accept fields they do not know yet.
+An upstream's answer (OpenAI's shape, after any translation) gets the same treatment: what
+the pipeline reads of it must have the right type, or the attempt is a `protocol` failure.
 
 Compiled once at import with jsonschema-rs: it checks a two-message chat request in under
 a microsecond, where jsonschema (pure Python) took about 60 (and 900 for fifty messages),
@@ -187,6 +190,55 @@ BATCH = obj(
 )
 
 
+# -- answers, in the internal (OpenAI) shape --------------------------------------------
+
+_TOKENS: Schema = {"type": ["integer", "null"], "minimum": 0}  # negative usage would refund
+USAGE: Schema = {
+    "type": ["object", "null"],
+    "properties": {
+        "prompt_tokens": _TOKENS,
+        "completion_tokens": _TOKENS,
+        "prompt_tokens_details": {
+            "type": ["object", "null"],
+            "properties": {"cached_tokens": _TOKENS},
+        },
+    },
+}
+_ANSWER_CALL = obj(id=STRING, function=obj(name=STRING, arguments=STRING))
+_FINISH: Schema = {"type": ["string", "null"]}
+CHAT_ANSWER = obj(
+    "choices",
+    choices=array(
+        obj(
+            message=obj(
+                content={"type": ["string", "null"]}, tool_calls=array(_ANSWER_CALL, "null")
+            ),
+            finish_reason=_FINISH,
+        ),
+        min_items=1,
+    ),
+    usage=USAGE,
+)
+EMBEDDINGS_ANSWER = obj(
+    "data",
+    data=array(obj(embedding={"type": ["array", "string"], "items": {"type": "number"}})),
+    usage=USAGE,
+)
+CHUNK = obj(
+    choices=array(
+        obj(
+            delta=obj(
+                content={"type": ["string", "null"]},
+                tool_calls=array(obj(function=obj(name=STRING, arguments=STRING)), "null"),
+            ),
+            finish_reason=_FINISH,
+        ),
+        "null",
+    ),
+    usage=USAGE,
+)
+
+
 class Shape:
     """One endpoint's compiled schema."""
 
@@ -221,6 +273,9 @@ EMBEDDINGS_SHAPE = Shape("embeddings", EMBEDDINGS)
 MESSAGES_SHAPE = Shape("messages", MESSAGES)
 JOB_SHAPE = Shape("job", JOB)
 BATCH_SHAPE = Shape("batch", BATCH)
+CHAT_ANSWER_SHAPE = Shape("chat completion", CHAT_ANSWER)
+EMBEDDINGS_ANSWER_SHAPE = Shape("embeddings answer", EMBEDDINGS_ANSWER)
+CHUNK_SHAPE = Shape("chat completion chunk", CHUNK)
 
 
 def too_deep(raw: bytes | bytearray, parsed: Any) -> bool:

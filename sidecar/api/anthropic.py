@@ -11,7 +11,7 @@ from aiohttp import web
 from sidecar.api import anthropic_wire
 from sidecar.api.proxy import Dialect, proxy
 from sidecar.errors import SidecarError, UpstreamRejected
-from sidecar.providers.base import CHAT
+from sidecar.providers.base import CHAT, Events, translated
 from sidecar.shapes import MESSAGES_SHAPE
 
 # Our error codes → Anthropic's error types, so the SDK raises the usual exception.
@@ -42,11 +42,15 @@ def _error_event(message: str, code: str) -> bytes:
     return anthropic_wire.error_event(message)
 
 
+def _events(events: Events) -> Events:
+    return translated(anthropic_wire.stream(events), "stream event")
+
+
 ANTHROPIC = Dialect(
     "anthropic",
     anthropic_wire.request,
     anthropic_wire.response,
-    anthropic_wire.stream,
+    _events,
     _error_body,
     _error_event,
     b"event: message_stop",

@@ -8,8 +8,8 @@ import orjson
 
 from sidecar.policy.model import ProviderConfig
 from sidecar.providers import anthropic_wire
-from sidecar.providers.base import CHAT, Call, Events
-from sidecar.providers.http import HttpProvider
+from sidecar.providers.base import CHAT, Call, Events, translated
+from sidecar.providers.http import HttpProvider, checked_answer
 
 # Anthropic error types → OpenAI's, so the OpenAI SDKs raise the usual exception.
 _ERROR_TYPES = {
@@ -32,12 +32,12 @@ class AnthropicProvider(HttpProvider):
     def payload(self, call: Call) -> bytes:
         return orjson.dumps(anthropic_wire.request(call.body, call.model, self.config.max_tokens))
 
-    def answer(self, raw: bytes) -> bytes:
-        return anthropic_wire.response(raw)
+    def answer(self, raw: bytes, call: Call) -> bytes:
+        return checked_answer(anthropic_wire.response(raw), call.operation)
 
     def events(self, events: Events, call: Call) -> Events:
         include_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        return anthropic_wire.stream(events, include_usage)
+        return translated(anthropic_wire.stream(events, include_usage), "Anthropic stream event")
 
     def client_error(self, raw: bytes) -> bytes:
         try:
@@ -53,4 +53,4 @@ class AnthropicProvider(HttpProvider):
                 }
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            return raw
+            return super().client_error(raw)

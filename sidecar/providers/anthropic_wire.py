@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import CLIENT, PROTOCOL, UpstreamError
-from sidecar.providers.base import Events
+from sidecar.providers.base import MALFORMED, Events
 
 FINISH = {
     "end_turn": "stop",
@@ -252,7 +252,7 @@ def response(raw: bytes) -> bytes:
             ],
             "usage": usage(msg.get("usage") or {}),
         }
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except MALFORMED as exc:  # orjson.JSONDecodeError is a ValueError
         raise UpstreamError(
             PROTOCOL, f"malformed Anthropic answer ({exc.__class__.__name__})"
         ) from None
@@ -286,55 +286,63 @@ async def stream(events: Events, include_usage: bool) -> Events:
     async for batch in events:
         out: list[bytes] = []
         for event in batch:
-            data = _data(event)
-            if data is None:
-                continue
-            kind = data.get("type")
-            if kind == "message_start":
-                msg = data.get("message") or {}
-                ident, model = msg.get("id", ""), msg.get("model", "")
-                input_usage = msg.get("usage") or {}
-                out.append(chunk({"role": "assistant", "content": ""}))
-            elif kind == "content_block_start":
-                block = data.get("content_block") or {}
-                if block.get("type") == "tool_use":
-                    i = tool_index.setdefault(data.get("index", 0), len(tool_index))
-                    call = {
-                        "index": i,
-                        "id": block.get("id", ""),
-                        "type": "function",
-                        "function": {"name": block.get("name", ""), "arguments": ""},
-                    }
-                    out.append(chunk({"tool_calls": [call]}))
-                elif block.get("type") == "text" and block.get("text"):
-                    out.append(chunk({"content": block["text"]}))
-            elif kind == "content_block_delta":
-                delta = data.get("delta") or {}
-                if delta.get("type") == "text_delta":
-                    out.append(chunk({"content": delta.get("text", "")}))
-                elif delta.get("type") == "input_json_delta":
-                    i = tool_index.get(data.get("index", 0), 0)
-                    part = {"index": i, "function": {"arguments": delta.get("partial_json", "")}}
-                    out.append(chunk({"tool_calls": [part]}))
-            elif kind == "message_delta":
-                stop = (data.get("delta") or {}).get("stop_reason")
-                finish = FINISH.get(stop or "", "stop")
-                output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
-            elif kind == "message_stop":
-                out.append(chunk({}, finish or "stop"))
-                if include_usage:
-                    totals = usage({**input_usage, "output_tokens": output_tokens})
-                    out.append(chunk(None, usage=totals))
-                out.append(b"data: [DONE]\n\n")
-                yield out
-                return
-            elif kind == "error":
+            try:
+                data = _data(event)
+                if data is None:
+                    continue
+                kind = data.get("type")
+                if kind == "message_start":
+                    msg = data.get("message") or {}
+                    ident, model = msg.get("id", ""), msg.get("model", "")
+                    input_usage = msg.get("usage") or {}
+                    out.append(chunk({"role": "assistant", "content": ""}))
+                elif kind == "content_block_start":
+                    block = data.get("content_block") or {}
+                    if block.get("type") == "tool_use":
+                        i = tool_index.setdefault(data.get("index", 0), len(tool_index))
+                        call = {
+                            "index": i,
+                            "id": block.get("id", ""),
+                            "type": "function",
+                            "function": {"name": block.get("name", ""), "arguments": ""},
+                        }
+                        out.append(chunk({"tool_calls": [call]}))
+                    elif block.get("type") == "text" and block.get("text"):
+                        out.append(chunk({"content": block["text"]}))
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    if delta.get("type") == "text_delta":
+                        out.append(chunk({"content": delta.get("text", "")}))
+                    elif delta.get("type") == "input_json_delta":
+                        i = tool_index.get(data.get("index", 0), 0)
+                        arguments = delta.get("partial_json", "")
+                        part = {"index": i, "function": {"arguments": arguments}}
+                        out.append(chunk({"tool_calls": [part]}))
+                elif kind == "message_delta":
+                    stop = (data.get("delta") or {}).get("stop_reason")
+                    finish = FINISH.get(stop or "", "stop")
+                    output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
+                elif kind == "message_stop":
+                    out.append(chunk({}, finish or "stop"))
+                    if include_usage:
+                        totals = usage({**input_usage, "output_tokens": output_tokens})
+                        out.append(chunk(None, usage=totals))
+                    out.append(b"data: [DONE]\n\n")
+                    yield out
+                    return
+                elif kind == "error":
+                    err = data.get("error") or {}
+                    raise UpstreamError(
+                        PROTOCOL, f"{err.get('type', 'error')}: {err.get('message', '')}"[:300]
+                    )
+            except (UpstreamError, *MALFORMED) as exc:
                 if out:
-                    yield out  # what came before the error still reaches the client
-                err = data.get("error") or {}
+                    yield out  # what came before the break still reaches the client
+                if isinstance(exc, UpstreamError):
+                    raise
                 raise UpstreamError(
-                    PROTOCOL, f"{err.get('type', 'error')}: {err.get('message', '')}"[:300]
-                )
+                    PROTOCOL, f"malformed Anthropic stream event ({exc.__class__.__name__})"
+                ) from None
         if out:
             yield out
 

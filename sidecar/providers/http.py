@@ -1,6 +1,10 @@
 """What every HTTP adapter shares: one tuned connection pool, error classification, SSE,
 and the request/answer cycle with hooks for each wire format.
 
+Nothing an upstream sends is trusted: every byte passed on is redacted first (redact.py),
+and a 200 that is not the answer asked for (not JSON, no `choices`, an error event in a
+stream) is a `protocol` failure like a 500: it falls over and counts in the breaker.
+
 One `ClientSession` per provider lives as long as the provider's configuration does (a
 reload that leaves a provider unchanged keeps its warm connections).
 """
@@ -9,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import re
 import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -29,7 +32,11 @@ from sidecar.errors import (
     UpstreamError,
 )
 from sidecar.policy.model import ProviderConfig
-from sidecar.providers.base import Call, Events, Leases, Reply
+from sidecar.providers.base import CHAT, Call, Events, Leases, Reply
+from sidecar.providers.redact import Redactor, secrets_of
+from sidecar.shapes import CHAT_ANSWER_SHAPE, CHUNK_SHAPE, EMBEDDINGS_ANSWER_SHAPE
+
+_ANSWER_SHAPES = {CHAT: CHAT_ANSWER_SHAPE}
 
 
 def new_session(config: ProviderConfig) -> aiohttp.ClientSession:
@@ -132,7 +139,7 @@ class HttpProvider:
 
     paths: Mapping[str, str] = {}
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, redactor: Redactor | None = None) -> None:
         self.name = config.name
         self.config = config
         self._urls = {op: config.base_url + path for op, path in self.paths.items()}
@@ -151,11 +158,7 @@ class HttpProvider:
         )
         self._session: aiohttp.ClientSession | None = None
         self._leases = Leases(config.max_concurrency, config.concurrency_wait)
-        secret = config.api_key.reveal().encode()
-        self._secret = secret
-        self._key_prefix = (
-            re.compile(re.escape(secret[:8]) + rb"[^\s\"',]*") if len(secret) >= 12 else None
-        )
+        self.redact = redactor or Redactor(secrets_of({config.name: config}))
 
     # -- what a wire format defines ------------------------------------------------------
 
@@ -165,17 +168,25 @@ class HttpProvider:
     def payload(self, call: Call) -> bytes:
         raise NotImplementedError
 
-    def answer(self, raw: bytes) -> bytes:
-        """The upstream's JSON answer, in OpenAI's shape."""
-        return raw
+    def answer(self, raw: bytes, call: Call) -> bytes:
+        """The upstream's JSON answer (redacted), in OpenAI's shape."""
+        return checked_answer(raw, call.operation)
 
     def events(self, events: Events, call: Call) -> Events:
-        """The upstream's SSE events, as OpenAI chunk events."""
+        """The upstream's SSE events (redacted), as OpenAI chunk events."""
         return events
 
     def client_error(self, raw: bytes) -> bytes:
-        """A 4xx body for the client, in OpenAI's error shape."""
-        return raw
+        """A 4xx body (redacted) for the client, in OpenAI's error shape."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return raw
+        text = raw[:300].decode(errors="replace")
+        error = {"message": text, "type": "invalid_request_error", "code": "upstream_rejected"}
+        return orjson.dumps({"error": error})
 
     # -- shared --------------------------------------------------------------------------
 
@@ -185,16 +196,6 @@ class HttpProvider:
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         self._leases.idle = callback
-
-    def redact(self, body: bytes) -> bytes:
-        """The key, and any token starting with its first 8 characters (providers echo keys
-        masked in the middle: `sk-proj-abc****xyz1`), replaced."""
-        if not self._secret:
-            return body
-        body = body.replace(self._secret, b"[redacted]")
-        if self._key_prefix is not None:
-            body = self._key_prefix.sub(b"[redacted]", body)
-        return body
 
     async def send(self, call: Call) -> Reply:
         url = self._urls.get(call.operation)
@@ -234,12 +235,16 @@ class HttpProvider:
                     release()
 
                 events = self.events(self._read_events(resp, done), call)
-                return Reply(events=events, on_close=done)
-            body = self.answer(await resp.read())
+                return Reply(events=checked_chunks(events, self.redact), on_close=done)
+            body = self.answer(self.redact(await resp.read()), call)
         except (aiohttp.ClientError, OSError) as exc:
             resp.close()
             release()
             raise connection_error(self.config.base_url, exc) from None
+        except UpstreamError as exc:
+            resp.close()
+            release()
+            raise redacted(exc, self.redact) from None
         except BaseException:
             resp.close()
             release()
@@ -251,8 +256,9 @@ class HttpProvider:
     async def _read_events(self, resp: aiohttp.ClientResponse, done: Callable[[], None]) -> Events:
         complete = False
         try:
+            redact = self.redact
             async for batch in sse_events(resp.content):
-                yield batch
+                yield [redact(event) for event in batch]
             complete = True
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise connection_error(self.config.base_url, exc) from None
@@ -264,6 +270,65 @@ class HttpProvider:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def checked_answer(raw: bytes, operation: str) -> bytes:
+    """`raw` if it is an answer the pipeline can read, else a `protocol` failure (a 200 that
+    is not JSON, or lacks `choices`, is no answer). Costs one parse of the answer."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(PROTOCOL, "answered 200 with a body that is not JSON") from None
+    problem = _ANSWER_SHAPES.get(operation, EMBEDDINGS_ANSWER_SHAPE).problem(answer)
+    if problem is not None:
+        raise UpstreamError(PROTOCOL, f"answered 200 with a malformed body ({problem})")
+    return raw
+
+
+async def checked_chunks(events: Events, redact: Redactor) -> Events:
+    """OpenAI chunk events, each checked before it goes on: an error event (`data:
+    {"error": ...}`, which the app would otherwise get verbatim) or a chunk the pipeline
+    cannot read ends the stream with a `protocol` failure, and what came before it still
+    goes out. One parse and one shape check per chunk, in C. A failure's message, which
+    may quote the upstream, is redacted once more: a key escaped in JSON (`\\u0073k-…`) is
+    only plain text after the parse."""
+    try:
+        async for batch in events:
+            for i, event in enumerate(batch):
+                problem = _chunk_problem(event)
+                if problem is not None:
+                    if i:
+                        yield batch[:i]
+                    raise UpstreamError(PROTOCOL, problem)
+            yield batch
+    except UpstreamError as exc:
+        raise redacted(exc, redact) from None
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def redacted(error: UpstreamError, redact: Redactor) -> UpstreamError:
+    error.message = redact.text(error.message)
+    error.args = (error.message,)
+    return error
+
+
+def _chunk_problem(event: bytes) -> str | None:
+    if not event.startswith(b"data:"):
+        return None  # comments and other fields: SSE clients skip them
+    payload = event[5:].strip()
+    if payload == b"[DONE]":
+        return None
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return "a stream event that is not JSON"
+    if isinstance(chunk, dict) and "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        return f"the stream carried an error: {str(message)[:200]}"
+    problem = CHUNK_SHAPE.problem(chunk)
+    return None if problem is None else f"a malformed stream event ({problem})"
 
 
 def unsupported(feature: str) -> UpstreamError:

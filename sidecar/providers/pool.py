@@ -2,7 +2,9 @@
 
 A reload that leaves a provider's configuration unchanged keeps its client and warm
 connections; a changed or removed one is retired and closed once its last call is done.
-This is the only state the providers hold, and it is keyed by stable names.
+This is the only state the providers hold, and it is keyed by stable names; with it, the
+one `Redactor` every HTTP provider passes upstream bytes through, told each reload's
+secrets (so a provider kept from an older policy also hides the keys of newer ones).
 """
 
 from __future__ import annotations
@@ -15,38 +17,42 @@ from sidecar.providers.anthropic import AnthropicProvider
 from sidecar.providers.http import HttpProvider
 from sidecar.providers.mock import MockProvider
 from sidecar.providers.openai import OpenAIProvider
+from sidecar.providers.redact import Redactor, secrets_of
 from sidecar.stores.holds import Closer
 
 log = logging.getLogger(__name__)
 
 Adapter = HttpProvider | MockProvider
-ADAPTERS: dict[str, type[HttpProvider] | type[MockProvider]] = {
-    "openai": OpenAIProvider,
-    "anthropic": AnthropicProvider,
-    "mock": MockProvider,
-}
+ADAPTERS: dict[str, type[HttpProvider]] = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}
 
 
 class ProviderPool:
     def __init__(self) -> None:
         self._live: dict[str, tuple[ProviderConfig, Adapter]] = {}
         self._closer = Closer()
+        self.redactor = Redactor()
 
     def materialize(self, configs: Mapping[str, ProviderConfig]) -> dict[str, Adapter]:
         """Clients for `configs`, reusing unchanged ones; retires the rest."""
+        self.redactor.update(secrets_of(configs))
         live: dict[str, tuple[ProviderConfig, Adapter]] = {}
         for name, config in configs.items():
             current = self._live.get(name)
             if current is not None and current[0] == config:
                 live[name] = current
             else:
-                live[name] = (config, ADAPTERS[config.type](config))
+                live[name] = (config, self._adapter(config))
         kept = {id(adapter) for _, adapter in live.values()}
         for _, adapter in self._live.values():
             if id(adapter) not in kept:
                 self._retire(adapter)
         self._live = live
         return {name: adapter for name, (_, adapter) in live.items()}
+
+    def _adapter(self, config: ProviderConfig) -> Adapter:
+        if config.type == "mock":
+            return MockProvider(config)
+        return ADAPTERS[config.type](config, self.redactor)
 
     def _retire(self, adapter: Adapter) -> None:
         """Close `adapter` whenever it is idle. A request that took an older snapshot may

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support.fake_server import FakeServer
+from tests.support.fake_server import FakeServer, send_raw
 
 # Anthropic's error type for each status it uses.
 ERROR_TYPES = {
@@ -52,6 +52,9 @@ class Behaviour:
     chunk_delay: float = 0.0  # between stream events
     stream_error_after: int | None = None  # streams: an `error` event after this many events
     fail_times: int | None = None  # fail only this many times, then behave normally
+    raw_body: bytes | None = None  # answer 200 with these bytes (fake_server.ECHO: the key)
+    raw_type: str = "application/json"
+    raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
 
     def content(self, model: str) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
@@ -112,6 +115,8 @@ class FakeAnthropic(FakeServer[Behaviour]):
             }
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             return web.json_response(error, status=b.status, headers=headers)
+        if b.raw_body is not None or (b.raw_events is not None and body.get("stream")):
+            return await send_raw(request, b.raw_body, b.raw_events, b.raw_type)
         if not body.get("stream"):
             return web.json_response(message(model, b))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})

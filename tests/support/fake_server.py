@@ -12,6 +12,29 @@ from aiohttp import web
 
 B = TypeVar("B")
 
+ECHO = b"<<key>>"  # in a scripted raw answer: replaced by the key the request carried
+
+
+def echo_key(raw: bytes, request: web.Request) -> bytes:
+    """`raw` with ECHO replaced by the caller's key, as a provider that quotes it does."""
+    auth = request.headers.get("authorization", "").removeprefix("Bearer ")
+    key = auth or request.headers.get("x-api-key", "")
+    return raw.replace(ECHO, key.encode())
+
+
+async def send_raw(
+    request: web.Request, body: bytes | None, events: list[bytes] | None, content_type: str
+) -> web.StreamResponse:
+    """A 200 made of scripted bytes (a body, or SSE events as they are), keys echoed."""
+    if events is None:
+        return web.Response(body=echo_key(body or b"", request), content_type=content_type)
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    for event in events:
+        await response.write(echo_key(event, request))
+    await response.write_eof()
+    return response
+
 
 @dataclass
 class Seen:

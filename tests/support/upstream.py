@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support.fake_server import FakeServer
+from tests.support.fake_server import FakeServer, send_raw
 
 
 @dataclass
@@ -32,6 +32,9 @@ class Behaviour:
     replies: list[str] | None = None  # successive answers (the last one repeats)
     finish_reason: str = "stop"
     answered_by: str | None = None  # the model the answer names (default: the one asked for)
+    raw_body: bytes | None = None  # answer 200 with these bytes (fake_server.ECHO: the key)
+    raw_type: str = "application/json"
+    raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
 
 
 class FakeOpenAI(FakeServer[Behaviour]):
@@ -88,6 +91,8 @@ class FakeOpenAI(FakeServer[Behaviour]):
         body, b, early = await self._common(request)
         if early is not None:
             return early
+        if b.raw_body is not None or (b.raw_events is not None and body.get("stream")):
+            return await send_raw(request, b.raw_body, b.raw_events, b.raw_type)
         model = b.answered_by or body["model"]
         text = b.reply
         if b.replies:
