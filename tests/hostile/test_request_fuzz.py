@@ -406,7 +406,7 @@ def report(name: str, seen: Counter[tuple[str, int]]) -> None:
 
 @pytest.mark.parametrize(
     ("name", "cases", "examples"),
-    [("fields", field_cases, 500), ("wire", wire_cases, 150)],
+    [("fields", field_cases, 1000), ("wire", wire_cases, 250)],
 )
 async def test_every_request_gets_a_documented_answer_and_the_sidecar_lives_on(
     target: Sidecar,
