@@ -41,18 +41,25 @@ async def read(request: web.Request) -> bytes | bytearray:
     """The body as sent, inflated when it was compressed."""
     limits = request.app[LIMITS]
     coding = encoding(request)
-    async with arriving(request):
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large(limits.max_bytes) from None
-        except RequestPayloadError as exc:
-            raise InvalidRequest(
-                f"the request body is malformed or cut off ({exc})"[:200], code="invalid_body"
-            ) from None
+    if request.content.is_eof():  # all there already, as a small body comes with its header
+        raw = await _read(request, limits.max_bytes)
+    else:  # (a timer per request would cost more than the rest of this module)
+        async with arriving(request):
+            raw = await _read(request, limits.max_bytes)
     if coding is None:
         return raw
     return await asyncio.to_thread(inflate, raw, coding, limits.max_bytes)
+
+
+async def _read(request: web.Request, limit: int) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(limit) from None
+    except RequestPayloadError as exc:
+        raise InvalidRequest(
+            f"the request body is malformed or cut off ({exc})"[:200], code="invalid_body"
+        ) from None
 
 
 @contextlib.asynccontextmanager
