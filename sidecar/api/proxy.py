@@ -164,6 +164,12 @@ async def _relay(
         failure = dialect.error_event(_cut(ctx, exc.message), "upstream_stream_failed")
     except ConnectionResetError:  # the app went away; what it used is still accounted
         return response, None
+    except Exception:  # our own bug: the app still learns its answer is cut, not complete
+        log.exception("stream relay failed")
+        failure = dialect.error_event(
+            "the sidecar failed while relaying the stream; the answer is incomplete",
+            "internal_error",
+        )
     finally:
         await reply.aclose()
     if failure is None and not complete:

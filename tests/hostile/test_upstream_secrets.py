@@ -303,3 +303,36 @@ async def test_malformed_answers_count_in_the_circuit_breaker(bench: Bench):
     assert b"circuit open" in body
     async with bench.http.get(f"http://127.0.0.1:{bench.sidecar.ops_port}/stats") as response:
         assert (await response.json())["circuits"]["b2"]["state"] == "open"
+
+
+async def test_a_bug_of_ours_mid_stream_still_ends_it_with_an_error_event(
+    sidecars: Sidecars, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Fault injection into our own metering stage (not a stand-in for a component): the
+    app must learn that its stream is cut, as it does when an upstream breaks it."""
+    from sidecar.pipeline import meter
+
+    async def broken(ctx: Any, events: Any) -> Any:
+        async for batch in events:
+            yield batch
+            raise RuntimeError("a bug in a stage")
+
+    monkeypatch.setattr(meter, "_metered", broken)
+    sc = await sidecars.start(
+        "providers: {m: {type: mock, mock: {chunk_delay: 20ms}}}\nmodels: {small: {provider: m}}\n"
+        "routes: {chat: {targets: [small]}}\nstate: {backend: memory}\n"
+    )
+    body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "a b c"}]}
+    with caplog.at_level(logging.ERROR):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{sc.port}/v1/chat/completions", json=body) as r,
+        ):
+            text = await r.text()
+    events = [e for e in text.split("\n\n") if e.strip()]
+    assert events[0].startswith("data: {")
+    assert '"error"' not in events[0]
+    assert "internal_error" in events[-1]
+    assert "incomplete" in events[-1]
+    assert "data: [DONE]" not in text
+    assert [r.message for r in caplog.records if r.exc_info] == ["stream relay failed"]
