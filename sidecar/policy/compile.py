@@ -2,7 +2,10 @@
 
 Parse → validate structure → merge by name → cross-check references → compile. Every
 problem found is collected, with its file and line, and raised together: a policy either
-compiles whole or not at all, so a bad edit can never half-apply.
+compiles whole or not at all, so a bad edit can never half-apply. One run finds them all:
+an entry that fails its structure check is left out of the cross-checks, and a reference
+that may point at something left out (or at a file that could not be read) is not
+reported, so one mistake gives one problem, not a cascade.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 from sidecar.policy.compile_stages import StageSections
 from sidecar.policy.durations import parse_duration
-from sidecar.policy.entry import Entry, names, seconds, values
+from sidecar.policy.entry import Entry, LeftOut, names, seconds, values
+from sidecar.policy.folder import FolderRead, read_folder
 from sidecar.policy.model import (
     Circuit,
     Condition,
@@ -34,7 +38,7 @@ from sidecar.policy.model import (
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.schema import SECTIONS, SINGLE_SECTIONS, structure_errors
 from sidecar.policy.secret import Secret
-from sidecar.policy.source import Document, SourceFile, content_hash, parse, read_folder
+from sidecar.policy.source import Document, SourceFile, content_hash, parse
 
 DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_PROVIDER_TIMEOUT = 60.0
@@ -42,15 +46,43 @@ DEFAULT_ROUTE_TIMEOUT = 120.0
 _ENV_NAME = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
+# Sections a reload may not empty by accident (see `Policy.emptied`).
+GUARDED = ("providers", "models", "routes")
+
+
 def load_folder(folder: Path, env: Mapping[str, str] | None = None) -> Policy:
-    if not folder.is_dir():
-        raise PolicyInvalid([Problem(str(folder), 0, "policy folder does not exist")])
-    return compile_sources(read_folder(folder), os.environ if env is None else env)
+    return compile_folder(folder, read_folder(folder), os.environ if env is None else env)
 
 
-def compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
+def compile_folder(folder: Path, read: FolderRead, env: Mapping[str, str]) -> Policy:
+    """The policy of what `read` found in `folder`: a folder without policy files is a
+    problem, not an empty policy, so a mount that came up empty never reads as ready."""
+    found = list(read.problems)
+    if not read.files and not found:
+        found.append(Problem(str(folder), 0, "no policy files (*.yaml, *.yml) in the folder"))
+    return compile_sources(read.files, env, found)
+
+
+def refuse_emptying(folder: Path, before: Policy, after: Policy) -> None:
+    """Raise when `after` has none of a kind `before` has (routes, models, providers) and no
+    file writes that kind as `{}`: an editor saving in place empties a file for a moment,
+    and a reload in that moment must not drop every route."""
+    gone = [k for k in GUARDED if getattr(before, k) and not getattr(after, k)]
+    gone = [k for k in gone if k not in after.emptied]
+    if gone:
+        message = (
+            f"refused: this change leaves no {' or '.join(gone)}, as a half-written file "
+            f"would; to mean it, write `{gone[0]}: {{}}` in a policy file"
+        )
+        raise PolicyInvalid([Problem(str(folder), 0, message)])
+
+
+def compile_sources(
+    files: list[SourceFile], env: Mapping[str, str], found: list[Problem] | None = None
+) -> Policy:
+    """`found`: problems already known (reading the folder), reported with the rest."""
     try:
-        return _compile_sources(files, env)
+        return _compile_sources(files, env, found or [])
     except PolicyInvalid as exc:
         problems = sorted(exc.problems, key=lambda p: (p.file, p.line))  # stable: reading order
         raise PolicyInvalid(_hide_env_values(problems, files, env)) from None
@@ -78,19 +110,22 @@ def _hide_env_values(
     return hidden
 
 
-def _compile_sources(files: list[SourceFile], env: Mapping[str, str]) -> Policy:
-    problems: list[Problem] = []
+def _compile_sources(
+    files: list[SourceFile], env: Mapping[str, str], problems: list[Problem]
+) -> Policy:
     docs = [d for f in files if (d := parse(f, env, problems)) is not None]
+    # Names may live in what could not be read: then no reference is reported as missing.
+    left_out = LeftOut(partial=bool(problems))
+    emptied = frozenset(s for d in docs for s in GUARDED if d.data.get(s) == {})
     for doc in docs:
         for path, message in structure_errors(doc.data):
             problems.append(Problem(doc.file, doc.line_of(path), message))
-    if problems:
-        raise PolicyInvalid(problems)
+            left_out.remove(doc, path)
     # A name defined twice keeps its first definition, so the cross-checks below still
     # hold and a run reports them too, not only the duplicate.
     sections = _merge(docs, problems)
-    policy = _Compiler(sections, problems, env).policy(
-        content_hash(files), tuple(f.name for f in files)
+    policy = _Compiler(sections, problems, env, left_out).policy(
+        content_hash(files), tuple(f.name for f in files), emptied
     )
     if problems:
         raise PolicyInvalid(problems)
@@ -135,16 +170,18 @@ class _Compiler(StageSections):
         sections: dict[str, dict[str, Entry]],
         problems: list[Problem],
         env: Mapping[str, str] | None = None,
+        left_out: LeftOut | None = None,
     ) -> None:
         self.sections = sections
         self.problems = problems
         self.env = env or {}
+        self.left_out = left_out or LeftOut(partial=False)
 
-    def policy(self, version: str, files: tuple[str, ...]) -> Policy:
+    def policy(self, version: str, files: tuple[str, ...], emptied: frozenset[str]) -> Policy:
         providers = {e.name: self.provider(e) for e in self.sections["providers"].values()}
         models: dict[str, Model] = {}
         for e in self.sections["models"].values():
-            if e.body["provider"] not in providers:
+            if self.missing("providers", e.body["provider"]):
                 self.problems.append(
                     e.problem(
                         f"model '{e.name}' uses provider '{e.body['provider']}', which is not "
@@ -177,6 +214,7 @@ class _Compiler(StageSections):
             budgets=budgets,
             admission=admission,
             jobs=self.jobs(),
+            emptied=emptied,
         )
 
     def provider(self, e: Entry) -> ProviderConfig:
@@ -230,7 +268,7 @@ class _Compiler(StageSections):
             if name in models:
                 own = None if isinstance(item, str) else item.get("retry")
                 targets.append(Target(models[name], _retry(own, route_retry)))
-            else:
+            elif self.missing("models", name):
                 self.problems.append(
                     e.problem(
                         f"route '{e.name}' targets model '{name}', which is not defined "

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.policy.entry import Entry, names, seconds, values
+from sidecar.policy.entry import Entry, LeftOut, names, seconds, values
 from sidecar.policy.model import (
     DEFAULT_JOBS_PATH,
     DEFAULT_MAX_FILE_BYTES,
@@ -32,6 +32,11 @@ class StageSections:
     sections: dict[str, dict[str, Entry]]
     problems: list[Problem]
     env: Mapping[str, str]
+    left_out: LeftOut
+
+    def missing(self, section: str, name: str) -> bool:
+        """`name` is not in `section`, and not because an entry was left out."""
+        return name not in self.sections[section] and not self.left_out.excuses(section, name)
 
     def state(self) -> StateConfig:
         entry = self.sections["state"].get("state")
@@ -54,7 +59,7 @@ class StageSections:
         b = entry.body
         url = b.get("url") or self._state_url()
         backend = b.get("backend", "sqlite")
-        if backend == "redis" and url is None:
+        if backend == "redis" and url is None and not self.left_out.excuses("state", "state"):
             self.problems.append(entry.problem("jobs: backend redis needs a url (or state.url)"))
         secret = ""
         name = b.get("webhook_secret_env")
@@ -130,7 +135,7 @@ class StageSections:
             self.problems.append(
                 e.problem(f"budget '{e.name}': on_exceed downgrade needs downgrade_to")
             )
-        if downgrade is not None and downgrade not in models:
+        if downgrade is not None and self.missing("models", downgrade):
             self.problems.append(
                 e.problem(
                     f"budget '{e.name}' downgrades to model '{downgrade}', which is not defined "
@@ -161,6 +166,10 @@ class StageSections:
                 chosen = route_names if only is None else values(only)
                 for route in sorted(chosen):
                     if route not in applies:
+                        if self.left_out.excuses("routes", route) or (
+                            self.left_out.excuses("models", route)  # its implicit route
+                        ):
+                            continue
                         self.problems.append(
                             entry.problem(
                                 f"{section[:-1]} '{name}' names route '{route}', which does not "
@@ -193,7 +202,7 @@ class StageSections:
         name = b["schema"]
         validator = None
         if name != "from_request":
-            if name not in self.sections["schemas"]:
+            if self.missing("schemas", name):
                 self.problems.append(
                     e.problem(
                         f"route '{e.name}' validates with schema '{name}', which is not defined "
@@ -239,6 +248,8 @@ class StageSections:
             return None
         entry = self.sections["cache"].get(name)
         if entry is None:
+            if not self.missing("cache", name):
+                return None
             self.problems.append(
                 e.problem(
                     f"route '{e.name}' uses cache '{name}', which is not defined "
@@ -256,7 +267,7 @@ class StageSections:
                 self.problems.append(
                     entry.problem(f"cache '{name}': mode semantic needs semantic.model")
                 )
-            elif sem["model"] not in models:
+            elif self.missing("models", sem["model"]):
                 self.problems.append(
                     entry.problem(
                         f"cache '{name}' embeds with model '{sem['model']}', which is not defined",
@@ -265,12 +276,12 @@ class StageSections:
                     )
                 )
             else:
-                embedding = models[sem["model"]]
+                embedding = models.get(sem["model"])
         store = b.get("store", "memory")
         url = b.get("url")
         if store == "redis" and url is None:
             url = self._state_url()
-            if url is None:
+            if url is None and not self.left_out.excuses("state", "state"):
                 self.problems.append(
                     entry.problem(f"cache '{name}': store redis needs a url (or state.url)")
                 )

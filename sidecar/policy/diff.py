@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.policy.folder import read_folder
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.schema import SECTIONS, SINGLE_SECTIONS
-from sidecar.policy.source import SourceFile, content_hash, parse, read_folder
+from sidecar.policy.source import SourceFile, content_hash, parse
 
 ORDER = (*SECTIONS, *SINGLE_SECTIONS)
 # Fields that may hold a credential: shown only when they are `${NAME}` references.
@@ -92,9 +93,10 @@ def compare(old: Path, new: Path) -> PolicyDiff:
 
 
 def _files(folder: Path) -> list[SourceFile]:
-    if not folder.is_dir():
-        raise PolicyInvalid([Problem(str(folder), 0, "policy folder does not exist")])
-    return read_folder(folder)
+    read = read_folder(folder)
+    if read.problems:
+        raise PolicyInvalid(read.problems)
+    return read.files
 
 
 def _entries(files: list[SourceFile]) -> dict[str, dict[str, _Entry]]:

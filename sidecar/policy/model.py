@@ -256,3 +256,6 @@ class Policy:
     admission: Mapping[str, Admission] = field(default_factory=dict)  # by route name
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     jobs: JobsConfig | None = None  # None: no `jobs:` section, the jobs API is off
+    # Of providers/models/routes, those a file writes as `{}`: meant to be empty, so a
+    # reload that leaves none of them is taken (else it is refused as a half-written file).
+    emptied: frozenset[str] = frozenset()

@@ -1,19 +1,18 @@
-"""Read a policy folder: YAML with line numbers, `${ENV}` references, a content hash.
+"""Read policy files: YAML with line numbers, `${ENV}` references, a content hash.
 
-Kubernetes mounts a ConfigMap as `..data -> ..2024_01_01_xx/` plus one symlink per key;
-an update swaps `..data` atomically and leaves mtimes alone. So the folder is read as the
-set of visible `*.yaml`/`*.yml` files (names starting with `.` are skipped, which skips
-the `..` folders), and a change is a change of the content hash, never of a timestamp.
+Only plain YAML values are read: mappings, lists, strings, numbers, booleans, null and
+dates. Any other tag (`!!python/object/apply:...`, `!foo`) is a problem at its line, never
+something constructed: nodes are composed with a safe loader and only scalars are ever
+constructed, by the safe constructor. Nesting deeper than `MAX_NESTING` is a problem too,
+found before Python's own recursion limit could be.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,6 +24,14 @@ from sidecar.policy.problems import Problem
 Path_ = tuple[str | int, ...]
 
 _MAX_NODES = 100_000
+MAX_NESTING = 64  # levels of mappings and lists; an output schema rarely needs 20
+# libyaml when PyYAML has it (its wheels do): five times faster, and it composes without
+# Python recursion, so only our own reader below has to watch the depth.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}"
+    for t in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq", "merge")
+)
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -52,22 +59,6 @@ class Document:
         return 1
 
 
-def read_folder(folder: Path) -> list[SourceFile]:
-    files: list[SourceFile] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith(".") or not name.endswith((".yaml", ".yml")):
-                continue
-            path = Path(root, name)
-            try:
-                text = path.read_bytes()
-            except FileNotFoundError:  # removed while we walked: the next event re-reads
-                continue
-            files.append(SourceFile(path.relative_to(folder).as_posix(), text))
-    return files
-
-
 def content_hash(files: list[SourceFile]) -> str:
     digest = hashlib.sha256()
     for f in files:
@@ -80,10 +71,18 @@ def content_hash(files: list[SourceFile]) -> str:
 def parse(source: SourceFile, env: Mapping[str, str], problems: list[Problem]) -> Document | None:
     """The file's top-level mapping, or None after adding what is wrong with it to `problems`."""
     try:
-        nodes = list(yaml.compose_all(source.text, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(source.text, Loader=_LOADER))
+    except RecursionError:  # PyYAML without libyaml composes recursively
+        problems.append(Problem(source.name, 1, f"nested deeper than {MAX_NESTING} levels"))
+        return None
+    except yaml.reader.ReaderError as exc:
+        line = source.text.count(b"\n", 0, exc.position) + 1
+        problems.append(Problem(source.name, line, f"not text (a binary file?): {exc.reason}"))
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
+        # libyaml puts the end of a file without a final newline on a line after the last
+        line = min(mark.line + 1, source.text.count(b"\n") + 1) if mark is not None else 1
         problems.append(Problem(source.name, line, f"not valid YAML: {_yaml_reason(exc)}"))
         return None
     nodes = [n for n in nodes if n is not None]
@@ -96,6 +95,8 @@ def parse(source: SourceFile, env: Mapping[str, str], problems: list[Problem]) -
     doc = Document(source.name, {})
     reader = _NodeReader(doc, env, problems)
     data = reader.value(nodes[0], ())
+    if reader.unreadable:  # its values would only add noise to the problems said
+        return None
     if not isinstance(data, dict):
         line = nodes[0].start_mark.line + 1
         problems.append(Problem(source.name, line, "a policy file must be a mapping of sections"))
@@ -118,21 +119,31 @@ class _NodeReader:
         self.env = env
         self.problems = problems
         self.scalars = SafeConstructor()
-        self.reading: set[int] = set()
-        self.nodes = 0  # collections being read: an alias to one loops
+        self.reading: set[int] = set()  # collections being read: an alias to one loops
+        self.nodes = 0
+        self.unreadable = False  # not plain YAML: the file is left out, as a syntax error is
+        self.said: set[str] = set()
 
     def value(self, node: Node, path: Path_) -> Any:
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            line = node.start_mark.line + 1
+            self._unreadable(line, f"unknown YAML tag '{tag}': only plain values are read")
+            return None
         if not isinstance(node, MappingNode | SequenceNode):
             return self._value(node, path)
+        if len(self.reading) >= MAX_NESTING:  # and so never a RecursionError
+            line = node.start_mark.line + 1
+            self._unreadable(line, f"nested deeper than {MAX_NESTING} levels", once=True)
+            return None
         if id(node) in self.reading:  # `a: &x {b: *x}`: a problem, not a RecursionError
-            self._problem(self.doc.line_of(path), "a YAML alias refers to a node containing it")
+            line = self.doc.line_of(path)
+            self._unreadable(line, "a YAML alias refers to a node containing it")
             return None
         self.nodes += 1
         if self.nodes > _MAX_NODES:  # aliases of aliases can expand a small file enormously
-            if self.nodes == _MAX_NODES + 1:
-                self._problem(
-                    self.doc.line_of(path), f"more than {_MAX_NODES} values (alias bomb?)"
-                )
+            line = self.doc.line_of(path)
+            self._unreadable(line, f"more than {_MAX_NODES} values (alias bomb?)", once=True)
             return None
         self.reading.add(id(node))
         try:
@@ -145,7 +156,7 @@ class _NodeReader:
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 line = key_node.start_mark.line + 1
-                if not isinstance(key_node, ScalarNode):
+                if not isinstance(key_node, ScalarNode) or key_node.tag not in _PLAIN_TAGS:
                     self._problem(line, "mapping keys must be plain scalars")
                     continue
                 # Keys are names, taken as written: YAML 1.1 would read `on:` as True.
@@ -189,3 +200,9 @@ class _NodeReader:
 
     def _problem(self, line: int, message: str) -> None:
         self.problems.append(Problem(self.doc.file, line, message))
+
+    def _unreadable(self, line: int, message: str, *, once: bool = False) -> None:
+        if not (once and message in self.said):
+            self._problem(line, message)
+        self.said.add(message)
+        self.unreadable = True

@@ -249,8 +249,7 @@ def test_bad_durations_are_reported_with_the_accepted_forms(tmp_path: Path):
                 targets: [m]
                timeout: 20s
             """,
-            "case.yaml:4: not valid YAML: while parsing a block mapping, expected <block end>, "
-            "but found '<block mapping start>'",
+            "case.yaml:4: not valid YAML: while parsing a block mapping, did not find expected key",
             id="indentation",
         ),
         pytest.param(
