@@ -4,7 +4,12 @@ A reload reads and compiles off the event loop, hands the compiled policy to `bu
 runtime puts its live parts around it: sidecar/runtime.py), then swaps `current` in one
 assignment. A request takes `current` once and keeps it to its end, so a reload never
 changes a request half-way. A reload that fails, in compiling or in building, changes
-nothing but `status`.
+nothing but `status`, whatever it fails with.
+
+A reload reads the folder until two reads agree (`folder.read_stable`), and refuses a
+policy that would leave no routes, models or providers where there were some, unless a
+file says so with `routes: {}` (or `models: {}`, `providers: {}`): an editor saving a file
+in place empties it for a moment, and a moment without routes is an outage.
 
 This layer only reads, checks, compiles and swaps: what is built around a policy (provider
 clients, state backends, caches) is the runtime's to open and close.
@@ -21,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from sidecar.policy.compile import compile_sources
+from sidecar.policy.compile import compile_folder, refuse_emptying
+from sidecar.policy.folder import read_stable
 from sidecar.policy.model import Policy
 from sidecar.policy.problems import PolicyInvalid, Problem
-from sidecar.policy.source import SourceFile, content_hash, read_folder
+from sidecar.policy.source import content_hash
 
 log = logging.getLogger("sidecar.policy")
 
@@ -66,23 +72,35 @@ class PolicyHolder(Generic[S]):
         self.current: S | None = None
         self.last = ReloadStatus()
         self._build = build
-        self._tried: str | None = None
+        self._tried: str | None = None  # FolderRead.key of the last attempt
         self._lock = asyncio.Lock()
+        self.watcher = "not started"  # what the watcher task is doing, for /status
 
     async def reload(self) -> bool:
-        """Re-read the folder; swap in its policy if it changed and compiles. True if swapped."""
+        """Re-read the folder; swap in its policy if it changed and compiles. True if swapped.
+        Never raises (but cancellation): the watcher calls it for the life of the process."""
+        try:
+            return await self._reload()
+        except Exception as exc:
+            # A bug, not a policy problem: the traceback goes to the log, the type to /status
+            # (a message could quote a value), and the next change or rescan tries again.
+            log.exception("policy reload failed")
+            self._tried = None
+            problem = f"reload failed: {type(exc).__name__} (see the log)"
+            self._failed(None, [Problem(str(self.folder), 0, problem)])
+            return False
+
+    async def _reload(self) -> bool:
         async with self._lock:
-            files = await asyncio.to_thread(self._read)
-            version = content_hash(files) if files is not None else None
-            if version is not None and version == self._tried:
-                return False  # same content as the last attempt: nothing to do
-            self._tried = version
+            read = await read_stable(self.folder, self._tried)
+            if read.key == self._tried:
+                return False  # same as the last attempt: nothing to do
+            self._tried = read.key
+            version = content_hash(read.files) if read.files else None
             try:
-                if files is None:
-                    raise PolicyInvalid(
-                        [Problem(str(self.folder), 0, "policy folder does not exist")]
-                    )
-                policy = await asyncio.to_thread(compile_sources, files, self.env)
+                policy = await asyncio.to_thread(compile_folder, self.folder, read, self.env)
+                if self.current is not None:
+                    refuse_emptying(self.folder, self.current.policy, policy)
                 built = await self._build(policy)
             except PolicyInvalid as exc:
                 self._failed(version, exc.problems)
@@ -99,9 +117,6 @@ class PolicyHolder(Generic[S]):
                 f" (was {previous.policy.version})" if previous else "",
             )
             return True
-
-    def _read(self) -> list[SourceFile] | None:
-        return read_folder(self.folder) if self.folder.is_dir() else None
 
     def _failed(self, version: str | None, problems: list[Problem]) -> None:
         self.last = ReloadStatus(
@@ -129,4 +144,5 @@ class PolicyHolder(Generic[S]):
                 "reloads": self.last.reloads,
                 "failures": self.last.failures,
             },
+            "watcher": self.watcher,
         }
