@@ -148,6 +148,8 @@ class Sidecar:
             self._runners.append(await serve(app, sock, limits, drain))
         if s.watch:
             self._watcher = asyncio.create_task(watch(self.holder.policy, self._stop_watching))
+            await asyncio.sleep(0)  # the watcher's first step sets up the watch; then one
+            await self.holder.reload()  # more read catches what changed before it did
         self._gauges = asyncio.create_task(self._refresh_budget_gauges())
         log.info(
             "listening on http://%s:%d (ops on %s:%d), policies from %s",
