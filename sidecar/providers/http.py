@@ -95,8 +95,27 @@ def status_error(
             OVERLOADED, "HTTP 529 (overloaded)", status=status, retry_after=retry_after
         )
     if status >= 500:
-        return UpstreamError(HTTP_5XX, f"HTTP {status}", status=status, retry_after=retry_after)
+        # The provider's own words say why (a parameter it does not support, say), so the
+        # 502 that lists the attempts names them; `body` is already redacted.
+        said = said_by(body)
+        return UpstreamError(
+            HTTP_5XX,
+            f"HTTP {status}" + (f" ({said})" if said else ""),
+            status=status,
+            retry_after=retry_after,
+        )
     return UpstreamError(CLIENT, f"HTTP {status}", status=status, raw_body=body)
+
+
+def said_by(body: bytes, limit: int = 200) -> str:
+    """An error body's message (OpenAI's shape, else its text), short and on one line."""
+    try:
+        error = orjson.loads(body)["error"]
+        text = str(error.get("message") if isinstance(error, dict) else error)
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        text = body.decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_retry_after(value: str | None) -> float | None:
