@@ -23,6 +23,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
+    422: "output_invalid",  # no Anthropic type says it: the sidecar's own code
     429: "rate_limit_error",
     503: "overloaded_error",
     529: "overloaded_error",
