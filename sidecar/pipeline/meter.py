@@ -19,12 +19,35 @@ from sidecar.tokens import count_text, estimate_request
 
 def meter(ctx: RequestContext, reply: Reply) -> Reply:
     """Charge a JSON answer now; wrap a stream so its usage chunk is read as it passes
-    (and dropped, when only the sidecar asked for it)."""
+    (and dropped, when only the sidecar asked for it). An answer that took more than one
+    call (validation discarded the others) reports the usage of all of them, as its cost
+    header does."""
     if reply.events is not None:
         reply.events = _metered(ctx, reply.events)
-    else:
-        charge_answer(ctx, reply.body)
+        return reply
+    charge_answer(ctx, reply.body)
+    if ctx.answers > 1:
+        answer = orjson.loads(reply.body)
+        if isinstance(answer, dict) and "usage" in answer:
+            answer["usage"] = _totals(ctx)
+            reply.body = orjson.dumps(answer)
     return reply
+
+
+def _totals(ctx: RequestContext, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The request's usage so far (plus `extra`, an answer not charged yet)."""
+    extra = extra or {}
+    prompt = ctx.input_tokens + int(extra.get("prompt_tokens") or 0)
+    completion = ctx.output_tokens + int(extra.get("completion_tokens") or 0)
+    cached = ctx.cached_tokens + int(
+        (extra.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    )
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def charge_answer(ctx: RequestContext, body: bytes) -> None:
@@ -103,7 +126,10 @@ def _answer_text(answer: Any) -> str:
 
 
 async def _metered(ctx: RequestContext, events: Events) -> Events:
+    """Also: an app that asked for the usage chunk gets one even from an upstream that
+    sent none (many local servers), from the sidecar's own estimate and marked so."""
     wants_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
+    discarded = ctx.answers > 0  # answers validation paid for and threw away
     chunks = 0
     usage: dict[str, Any] | None = None
     try:
@@ -116,6 +142,11 @@ async def _metered(ctx: RequestContext, events: Events) -> Events:
                         usage = chunk["usage"]
                         if not wants_usage and not chunk.get("choices"):
                             continue  # the sidecar asked for it, not the client
+                        if discarded:
+                            chunk["usage"] = _totals(ctx, usage)
+                            event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                elif event.startswith(b"data: [DONE]") and usage is None and wants_usage:
+                    out.append(_estimated(ctx, chunks))
                 elif event.startswith(b"data: {"):
                     chunks += 1
                     if b'"finish_reason":"' in event:
@@ -128,3 +159,19 @@ async def _metered(ctx: RequestContext, events: Events) -> Events:
             _charge_usage(ctx, usage)
         else:
             _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
+
+
+def _estimated(ctx: RequestContext, chunks: int) -> bytes:
+    """The usage chunk the upstream did not send: one token per content chunk."""
+    guess = {
+        "prompt_tokens": ctx.estimate_in or estimate_request(ctx.body),
+        "completion_tokens": chunks,
+    }
+    chunk = {
+        "id": "",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": _totals(ctx, guess),
+        "x_sidecar_usage": "estimated",
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
