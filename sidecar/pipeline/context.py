@@ -10,6 +10,7 @@ from typing import Any
 from sidecar.errors import FailedAttempt
 from sidecar.policy.model import Model, Route, Target
 from sidecar.runtime import Snapshot
+from sidecar.policy.native import NativeSchema
 from sidecar.stores.state import Hold
 
 
@@ -53,7 +54,8 @@ class RequestContext:
     cache_vector: Any = None  # (partition, embedding) of a semantic miss, to store with
     cache_store: Any = None  # the complete answer, kept for `finish` to store
     first_chunk_at: float | None = None  # streams: when the first event went to the client
-    # dispatch
+    # enforce, dispatch
+    native: NativeSchema | None = None  # the schema the providers are asked to enforce
     attempts: int = 0
     answered_by: Model | None = None
     failures: list[FailedAttempt] = field(default_factory=list)

@@ -141,7 +141,7 @@ async def _attempt(
         try:
             async with asyncio.timeout(budget):
                 reply = await provider.send(
-                    Call(ctx.operation, ctx.body, model.upstream, ctx.stream)
+                    Call(ctx.operation, ctx.body, model.upstream, ctx.stream, ctx.native)
                 )
                 if reply.events is not None:
                     await _first_event(reply)

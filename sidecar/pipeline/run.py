@@ -1,7 +1,8 @@
 """The request pipeline, in order. Read this file to know what happens to a request.
 
     identify caller → match route → admit (limits, queue, budgets) → cache lookup
-      → dispatch (retries, fallback, breakers, hedging)
+      → enforce (ask providers for schema-shaped output) → dispatch (retries, fallback,
+        breakers, hedging)
       → validate (schema; refined retries, fallback, default) → meter
     … a JSON answer is stored in the cache, then goes out (a stream goes out as it comes) …
     finish: release what admit took, store in the cache (what is left to store) — the
@@ -26,10 +27,11 @@ from sidecar.pipeline.admit import admit, note_output, release
 from sidecar.pipeline.cache import land, lookup, remember, store
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
+from sidecar.pipeline.enforce import enforce
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.meter import meter
 from sidecar.pipeline.route import route
-from sidecar.pipeline.validate import enforce, validate
+from sidecar.pipeline.validate import validate
 from sidecar.providers.base import Reply
 
 __all__ = ["Ending", "finish", "run"]

@@ -22,9 +22,11 @@ import orjson
 from sidecar.errors import OutputInvalid, TargetsExhausted
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
+from sidecar.pipeline.enforce import forced_tool
 from sidecar.pipeline.meter import charge_answer, charge_events
 from sidecar.pipeline.synth import assemble, completion, events_from_completion, replay
 from sidecar.policy.model import OutputPolicy
+from sidecar.policy.native import Nulls, strip_nulls
 from sidecar.providers.base import Events, Reply
 
 _FENCE = re.compile(r"```(?:json)?\s*\n?(.*?)```", re.DOTALL)
@@ -37,21 +39,8 @@ class Verdict:
     ok: bool
     value: Any = None
     extracted: bool = False  # found inside fences or prose
+    cleaned: bool = False  # strict mode's nulls for optional properties dropped
     errors: list[str] = field(default_factory=list)
-
-
-def enforce(ctx: RequestContext) -> None:
-    """Before dispatch: with `enforce: native`, ask the provider for structured output."""
-    out = ctx.route.output if ctx.route else None
-    if out is None or not out.native or out.schema is None or "response_format" in ctx.body:
-        return
-    ctx.body = {
-        **ctx.body,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": out.schema_name, "schema": out.schema, "strict": False},
-        },
-    }
 
 
 async def validate(ctx: RequestContext, reply: Reply) -> Reply:
@@ -61,15 +50,21 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
     validator, tool = _validator_for(ctx, out)
     if validator is None:
         return reply  # from_request, and the request carries no schema: nothing to check
-    if reply.events is not None and not out.stream_validate:
+    nulls = out.native.nulls if out.native is not None and tool is None else None
+    trusted = out.enforce == "native"  # the provider's decoding is the only enforcement
+    if reply.events is not None and (trusted or not out.stream_validate):
         reply.events = _judged(ctx, reply.events, validator, tool, out.lenient)
         return reply
     original = ctx.body
     verdict = Verdict(False)
     for round_ in range(out.retries + 1):
         answer, text, buffered = await _read(reply, tool)
-        verdict = _check(text, validator, out.lenient)
+        verdict = _check(text, validator, out.lenient, nulls)
         _signal(ctx, answer, text)
+        if trusted and not verdict.ok:  # reported, passed on as it came
+            ctx.output = "invalid"
+            ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, ctx.output))
+            return reply
         if verdict.ok:
             ctx.output = "repaired" if round_ or verdict.extracted else "valid"
             return _deliver(ctx, reply, answer, buffered, verdict, tool)
@@ -91,7 +86,7 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
             except TargetsExhausted:
                 continue
             answer, text, buffered = await _read(reply, tool)
-            verdict = _check(text, validator, out.lenient)
+            verdict = _check(text, validator, out.lenient, nulls)
             if verdict.ok:
                 ctx.output = "repaired"
                 return _deliver(ctx, reply, answer, buffered, verdict, tool)
@@ -100,12 +95,13 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
         ctx.output = "default"
         model = ctx.answered_by.upstream if ctx.answered_by else ""
         answer = completion(model, out.default)
+        answer["x_sidecar_output"] = "default"  # in the body too: the app may not read headers
         if ctx.stream:
             return Reply(events=replay(events_from_completion(answer, True)))
         return Reply(body=orjson.dumps(answer))
     ctx.output = "invalid"
     raise OutputInvalid(
-        f"the answer did not match schema '{out.schema_name}' after {out.retries + 1} "
+        f"the answer did not match schema '{out.schema_name}' after {ctx.attempts} "
         f"attempt(s): " + "; ".join(verdict.errors),
         errors=verdict.errors,
     )
@@ -114,8 +110,7 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
 def _validator_for(ctx: RequestContext, out: OutputPolicy) -> tuple[Any, str | None]:
     """The validator, and the forced tool's name when tool arguments are what is checked."""
     body = ctx.client_body
-    choice = body.get("tool_choice")
-    tool = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    tool = forced_tool(body)
     if out.validator is not None:
         return out.validator, tool
     schema: Any = None
@@ -155,16 +150,18 @@ def _text(answer: dict[str, Any], tool: str | None) -> str:
     return str(message.get("content") or "")
 
 
-def _check(text: str, validator: Any, lenient: bool) -> Verdict:
+def _check(text: str, validator: Any, lenient: bool, nulls: Nulls | None = None) -> Verdict:
     value, extracted = _parse(text, lenient)
     if value is _NOTHING:
         return Verdict(
             False, errors=["$: the answer is not JSON" + (" (none found)" if lenient else "")]
         )
+    cleaned = strip_nulls(value, nulls)
     errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     if errors:
-        return Verdict(False, value, extracted, [_describe(e) for e in errors[:_MAX_ERRORS]])
-    return Verdict(True, value, extracted)
+        problems = [_describe(e) for e in errors[:_MAX_ERRORS]]
+        return Verdict(False, value, extracted, cleaned, problems)
+    return Verdict(True, value, extracted, cleaned)
 
 
 _NOTHING = object()
@@ -260,7 +257,7 @@ def _deliver(
     tool: str | None,
 ) -> Reply:
     ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, ctx.output or "valid"))
-    if verdict.extracted and tool is None:
+    if (verdict.extracted or verdict.cleaned) and tool is None:
         answer["choices"][0]["message"]["content"] = orjson.dumps(verdict.value).decode()
         if buffered is None:
             return Reply(body=orjson.dumps(answer), headers=reply.headers)

@@ -42,6 +42,8 @@ from sidecar.policy.source import Document, SourceFile, content_hash, parse
 
 DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 DEFAULT_PROVIDER_TIMEOUT = 60.0
+# How each wire format is asked for schema-shaped output unless `structured_output` says.
+DEFAULT_DIALECT = {"openai": "json_schema", "anthropic": "tool", "mock": "none"}
 DEFAULT_ROUTE_TIMEOUT = 120.0
 _ENV_NAME = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -191,7 +193,10 @@ class _Compiler(StageSections):
                 )
             models[e.name] = self.model(e, providers)
         schemas = {e.name: self.schema(e) for e in self.sections["schemas"].values()}
-        routes = {e.name: self.route(e, models, schemas) for e in self.sections["routes"].values()}
+        routes = {
+            e.name: self.route(e, models, schemas, providers)
+            for e in self.sections["routes"].values()
+        }
         by_model = self.route_sets(routes, models)
         public = tuple(dict.fromkeys([*(r.model for r in routes.values()), *models]))
         limits = {e.name: self.limit(e) for e in self.sections["limits"].values()}
@@ -221,6 +226,16 @@ class _Compiler(StageSections):
         b = e.body
         kind = b["type"]
         mock = b.get("mock") or {}
+        dialect = b.get("structured_output", DEFAULT_DIALECT[kind])
+        if dialect != "none" and (dialect == "tool") != (kind == "anthropic"):
+            self.problems.append(
+                e.problem(
+                    f"provider '{e.name}': structured_output {dialect} does not fit type {kind} "
+                    "(anthropic: tool or none; openai: json_schema, json_object, guided_json, "
+                    "structured_outputs or none)",
+                    "structured_output",
+                )
+            )
         return ProviderConfig(
             name=e.name,
             type=kind,
@@ -236,6 +251,7 @@ class _Compiler(StageSections):
             max_concurrency=b.get("max_concurrency"),
             concurrency_wait=seconds(b.get("concurrency_wait"), 0.1),
             circuit=_circuit(b.get("circuit"), None),
+            structured_output=dialect,
             mock=MockSettings(
                 reply=mock.get("reply"),
                 latency=seconds(mock.get("latency"), 0.0),
@@ -259,7 +275,13 @@ class _Compiler(StageSections):
             ),
         )
 
-    def route(self, e: Entry, models: dict[str, Model], schemas: dict[str, Any]) -> Route:
+    def route(
+        self,
+        e: Entry,
+        models: dict[str, Model],
+        schemas: dict[str, Any],
+        providers: dict[str, ProviderConfig],
+    ) -> Route:
         b = e.body
         route_retry = _retry(b.get("retry"), Retry())
         targets = []
@@ -293,7 +315,7 @@ class _Compiler(StageSections):
             timeout=seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
             first_token_timeout=parse_duration(first_token) if first_token else None,
             hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
-            output=self.output(e, schemas),
+            output=self.output(e, schemas, targets, providers),
             cache=self.cache(e, models),
         )
 

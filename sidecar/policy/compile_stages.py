@@ -21,9 +21,12 @@ from sidecar.policy.model import (
     Limit,
     Model,
     OutputPolicy,
+    ProviderConfig,
     StateConfig,
+    Target,
     TelemetryConfig,
 )
+from sidecar.policy.native import NativeSchema, native_schema
 from sidecar.policy.problems import Problem
 from sidecar.policy.secret import Secret
 
@@ -195,7 +198,13 @@ class StageSections:
             return None
         return Draft202012Validator(e.body, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
-    def output(self, e: Entry, schemas: dict[str, Any]) -> OutputPolicy | None:
+    def output(
+        self,
+        e: Entry,
+        schemas: dict[str, Any],
+        targets: list[Target],
+        providers: dict[str, ProviderConfig],
+    ) -> OutputPolicy | None:
         b = e.body.get("output")
         if b is None:
             return None
@@ -227,20 +236,61 @@ class StageSections:
                         "default",
                     )
                 )
+        schema = self.sections["schemas"][name].body if name in self.sections["schemas"] else None
+        native = native_schema(name, schema) if schema is not None else None
+        enforce = b.get("enforce", "both")
+        enforce = "validate" if enforce == "none" else enforce
+        if "enforce" in b and enforce != "validate":
+            self._enforceable(e, enforce, native, targets, providers)
         return OutputPolicy(
             schema_name=name,
-            schema=self.sections["schemas"][name].body
-            if name in self.sections["schemas"]
-            else None,
+            schema=schema,
             validator=validator,
             lenient=b.get("extract", "strict") == "lenient",
             retries=invalid.get("retries", 1),
             retry_next=invalid.get("retry_target", "same") == "next",
             then=then,
             default=orjson.dumps(default).decode() if default is not None else None,
-            native=b.get("enforce", "none") == "native",
+            enforce=enforce,
+            native=native,
             stream_validate=b.get("stream_mode", "validate") == "validate",
         )
+
+    def _enforceable(
+        self,
+        e: Entry,
+        enforce: str,
+        native: NativeSchema | None,
+        targets: list[Target],
+        providers: dict[str, ProviderConfig],
+    ) -> None:
+        """An explicit `enforce: native|both` must be kept: every target's provider can
+        enforce a schema (for `native`, which has no other safety net), and a provider
+        that speaks OpenAI's json_schema gets the schema in strict form."""
+        for target in targets:
+            provider = providers.get(target.model.provider)
+            dialect = provider.structured_output if provider else "none"
+            if dialect == "none" and enforce == "native":
+                self.problems.append(
+                    e.problem(
+                        f"route '{e.name}': enforce native, but target '{target.model.name}' "
+                        f"(provider '{target.model.provider}') cannot enforce a schema; set the "
+                        "provider's structured_output, or use enforce both or validate",
+                        "output",
+                        "enforce",
+                    )
+                )
+            elif dialect == "json_schema" and native is not None and native.why_not:
+                self.problems.append(
+                    e.problem(
+                        f"route '{e.name}': schema '{native.name}' cannot be sent to "
+                        f"'{target.model.provider}' in OpenAI's strict mode ({native.why_not}); "
+                        "change the schema, or leave `enforce` out to send it with strict false",
+                        "output",
+                        "enforce",
+                    )
+                )
+                return
 
     def cache(self, e: Entry, models: dict[str, Model]) -> CachePolicy | None:
         name = e.body.get("cache")

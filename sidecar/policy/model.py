@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.policy.native import NativeSchema
 from sidecar.policy.secret import Secret
 
 
@@ -46,6 +47,7 @@ class ProviderConfig:
     max_concurrency: int | None = None  # calls in flight; excess waits `concurrency_wait`
     concurrency_wait: float = 0.1
     circuit: Circuit | None = None  # the default for this provider's models
+    structured_output: str = "none"  # how it is asked for schema-shaped output (a dialect)
     mock: MockSettings = field(default_factory=MockSettings)
 
 
@@ -112,7 +114,8 @@ class OutputPolicy:
     retry_next: bool = False  # refined retries go to the next target instead of the same
     then: str = "error"  # fallback | default | error
     default: str | None = None  # the default object, as JSON text
-    native: bool = False  # ask the provider for structured output itself
+    enforce: str = "both"  # native (the provider's decoding only) | validate | both
+    native: NativeSchema | None = field(default=None, repr=False)  # None: from_request
     stream_validate: bool = True  # buffer streams and validate before release
 
 

@@ -17,6 +17,15 @@ from cerberus.errors import BasicErrorHandler, ValidationError
 from sidecar.policy.durations import parse_duration
 
 PROVIDER_TYPES = ("openai", "anthropic", "mock")
+# How a provider is asked for schema-shaped output (see providers/structured.py).
+STRUCTURED_DIALECTS = (
+    "json_schema",
+    "json_object",
+    "guided_json",
+    "structured_outputs",
+    "tool",
+    "none",
+)
 
 DURATION: dict[str, Any] = {"type": "string", "check_with": "duration"}
 NAMES: dict[str, Any] = {
@@ -58,6 +67,7 @@ PROVIDER: dict[str, Any] = {
     "max_concurrency": {"type": "integer", "min": 1},
     "concurrency_wait": DURATION,
     "circuit": {"type": "dict", "schema": CIRCUIT},
+    "structured_output": {"type": "string", "allowed": list(STRUCTURED_DIALECTS)},
 }
 
 PRICE: dict[str, Any] = {
@@ -123,7 +133,8 @@ OUTPUT: dict[str, Any] = {
         },
     },
     "default": {"type": ["dict", "list", "string", "number", "boolean"]},
-    "enforce": {"type": "string", "allowed": ["native", "none"]},
+    # none: the name `validate` had before; default: both where the provider can enforce
+    "enforce": {"type": "string", "allowed": ["native", "validate", "both", "none"]},
     "stream_mode": {"type": "string", "allowed": ["validate", "passthrough"]},
 }
 

@@ -7,9 +7,11 @@ from typing import ClassVar
 import orjson
 
 from sidecar.policy.model import ProviderConfig
+from sidecar.policy.native import NativeSchema
 from sidecar.providers import anthropic_wire
 from sidecar.providers.base import CHAT, Call, Events, translated
 from sidecar.providers.http import HttpProvider, checked_answer
+from sidecar.providers.structured import forced_tool
 
 # Anthropic error types → OpenAI's, so the OpenAI SDKs raise the usual exception.
 _ERROR_TYPES = {
@@ -30,14 +32,23 @@ class AnthropicProvider(HttpProvider):
         return headers
 
     def payload(self, call: Call) -> bytes:
-        return orjson.dumps(anthropic_wire.request(call.body, call.model, self.config.max_tokens))
+        return orjson.dumps(
+            anthropic_wire.request(call.body, call.model, self.config.max_tokens, self._tool(call))
+        )
 
     def answer(self, raw: bytes, call: Call) -> bytes:
-        return checked_answer(anthropic_wire.response(raw), call.operation)
+        return checked_answer(anthropic_wire.response(raw, self._tool(call)), call.operation)
 
     def events(self, events: Events, call: Call) -> Events:
         include_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        return translated(anthropic_wire.stream(events, include_usage), "Anthropic stream event")
+        stream = anthropic_wire.stream(events, include_usage, self._tool(call))
+        return translated(stream, "Anthropic stream event")
+
+    def _tool(self, call: Call) -> NativeSchema | None:
+        """The schema this call forces a tool for (its answer is unwrapped into content)."""
+        if self.config.structured_output != "tool" or forced_tool(call.body, call.native) is None:
+            return None
+        return call.native
 
     def client_error(self, raw: bytes) -> bytes:
         try:

@@ -15,7 +15,9 @@ from typing import Any
 import orjson
 
 from sidecar.errors import CLIENT, PROTOCOL, UpstreamError
+from sidecar.policy.native import NativeSchema
 from sidecar.providers.base import MALFORMED, Events
+from sidecar.providers.structured import anthropic_tool
 
 FINISH = {
     "end_turn": "stop",
@@ -45,9 +47,12 @@ def _reject(feature: str) -> UpstreamError:
     return UpstreamError(CLIENT, f"unsupported: {feature}", status=400, raw_body=orjson.dumps(body))
 
 
-def request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
+def request(
+    body: Mapping[str, Any], model: str, default_max_tokens: int, native: NativeSchema | None = None
+) -> dict[str, Any]:
+    """`native`: force a tool whose input is the answer (see providers/structured.py)."""
     try:
-        return _request(body, model, default_max_tokens)
+        return _request(body, model, default_max_tokens, native)
     except (AttributeError, KeyError, TypeError) as exc:
         # Parts of the wrong shape (a message that is not an object, `stop: 5`): the
         # request's own fault, so a 400 like any other, not an error that escapes dispatch.
@@ -63,7 +68,9 @@ def request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> dic
         ) from None
 
 
-def _request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
+def _request(
+    body: Mapping[str, Any], model: str, default_max_tokens: int, native: NativeSchema | None
+) -> dict[str, Any]:
     for key, feature in _UNSUPPORTED.items():
         if body.get(key):
             raise _reject(feature)
@@ -105,7 +112,10 @@ def _request(body: Mapping[str, Any], model: str, default_max_tokens: int) -> di
         or default_max_tokens,
     }
     fmt = body.get("response_format") or {}
-    if fmt.get("type") in ("json_object", "json_schema"):
+    if native is not None:
+        out["tools"] = [anthropic_tool(native)]
+        out["tool_choice"] = {"type": "tool", "name": native.name}
+    elif fmt.get("type") in ("json_object", "json_schema"):
         schema = (fmt.get("json_schema") or {}).get("schema")
         hint = "Answer with one JSON object only, no prose and no code fences."
         if schema is not None:
@@ -216,9 +226,14 @@ def usage(u: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def response(raw: bytes) -> bytes:
+def response(raw: bytes, native: NativeSchema | None = None) -> bytes:
+    """`native`: the forced tool's input is the answer, given back as the content."""
     try:
         msg = orjson.loads(raw)
+        if native is not None:
+            msg["content"] = _unwrapped(msg["content"], native.name)
+            if msg.get("stop_reason") == "tool_use":
+                msg["stop_reason"] = "end_turn"
         text = "".join(b["text"] for b in msg["content"] if b["type"] == "text")
         calls = [
             {
@@ -259,11 +274,21 @@ def response(raw: bytes) -> bytes:
     return orjson.dumps(out)
 
 
-async def stream(events: Events, include_usage: bool) -> Events:
-    """Anthropic SSE events → OpenAI chunk events, batch for batch as they arrive."""
+def _unwrapped(blocks: list[dict[str, Any]], tool: str) -> list[dict[str, Any]]:
+    """The forced tool's call as one text block of JSON (the text around it dropped)."""
+    for b in blocks:
+        if b["type"] == "tool_use" and b["name"] == tool:
+            return [{"type": "text", "text": orjson.dumps(b.get("input", {})).decode()}]
+    return blocks
+
+
+async def stream(events: Events, include_usage: bool, native: NativeSchema | None = None) -> Events:
+    """Anthropic SSE events → OpenAI chunk events, batch for batch as they arrive. With
+    `native`, the forced tool's input streams as content."""
     ident, model, created = "", "", int(time.time())
     input_usage: dict[str, Any] = {}
     tool_index: dict[int, int] = {}  # Anthropic block index → OpenAI tool call index
+    answer_block: int | None = None  # the forced tool's block, streamed as content
     finish: str | None = None
     output_tokens = 0
 
@@ -298,7 +323,9 @@ async def stream(events: Events, include_usage: bool) -> Events:
                     out.append(chunk({"role": "assistant", "content": ""}))
                 elif kind == "content_block_start":
                     block = data.get("content_block") or {}
-                    if block.get("type") == "tool_use":
+                    if native is not None and block.get("name") == native.name:
+                        answer_block = data.get("index", 0)
+                    elif block.get("type") == "tool_use":
                         i = tool_index.setdefault(data.get("index", 0), len(tool_index))
                         call = {
                             "index": i,
@@ -311,8 +338,10 @@ async def stream(events: Events, include_usage: bool) -> Events:
                         out.append(chunk({"content": block["text"]}))
                 elif kind == "content_block_delta":
                     delta = data.get("delta") or {}
-                    if delta.get("type") == "text_delta":
+                    if delta.get("type") == "text_delta" and answer_block is None:
                         out.append(chunk({"content": delta.get("text", "")}))
+                    elif answer_block is not None and data.get("index", 0) == answer_block:
+                        out.append(chunk({"content": delta.get("partial_json", "")}))
                     elif delta.get("type") == "input_json_delta":
                         i = tool_index.get(data.get("index", 0), 0)
                         arguments = delta.get("partial_json", "")
@@ -321,6 +350,8 @@ async def stream(events: Events, include_usage: bool) -> Events:
                 elif kind == "message_delta":
                     stop = (data.get("delta") or {}).get("stop_reason")
                     finish = FINISH.get(stop or "", "stop")
+                    if answer_block is not None and stop == "tool_use":
+                        finish = "stop"
                     output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
                 elif kind == "message_stop":
                     out.append(chunk({}, finish or "stop"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sidecar.errors import BUSY, PROTOCOL, UpstreamError
+from sidecar.policy.native import NativeSchema
 
 CHAT = "chat"
 EMBEDDINGS = "embeddings"
@@ -48,6 +49,7 @@ class Call:
     body: Mapping[str, Any]
     model: str  # the provider's name for the model
     stream: bool
+    native: NativeSchema | None = None  # a schema to have the provider enforce, if it can
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """OpenAI-compatible upstreams (OpenAI, Azure-style proxies, vLLM, llama.cpp, Ollama, ...).
 
-The internal format is OpenAI's, so this adapter only swaps the model name and the key.
+The internal format is OpenAI's, so this adapter only swaps the model name and the key, and
+asks for structured output in the server's own dialect (providers/structured.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import orjson
 from sidecar.policy.model import ProviderConfig
 from sidecar.providers.base import CHAT, EMBEDDINGS, Call
 from sidecar.providers.http import HttpProvider
+from sidecar.providers.structured import openai_body
 
 
 class OpenAIProvider(HttpProvider):
@@ -22,5 +24,7 @@ class OpenAIProvider(HttpProvider):
 
     def payload(self, call: Call) -> bytes:
         body = {**call.body, "model": call.model}
+        if call.native is not None:
+            body = openai_body(body, call.native, self.config.structured_output)
         body.pop("x_anthropic", None)  # Anthropic-only fields from the Anthropic ingress
         return orjson.dumps(body)

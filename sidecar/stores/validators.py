@@ -1,4 +1,5 @@
-"""Validators for JSON schemas that clients send in their requests (`from_request`)."""
+"""Validators for JSON schemas that clients send in their requests (`from_request`), and
+those schemas as providers enforce them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import orjson
 from cachetools import LRUCache
 
 from sidecar.errors import InvalidRequest
+from sidecar.policy.native import NativeSchema, native_schema
 
 
 class Validators:
@@ -16,6 +18,15 @@ class Validators:
 
     def __init__(self, size: int = 256) -> None:
         self._cache: LRUCache[bytes, Any] = LRUCache(size)
+        self._native: LRUCache[bytes, NativeSchema] = LRUCache(size)
+
+    def native(self, name: str, schema: dict[str, Any]) -> NativeSchema:
+        """A client's schema as providers enforce it (policy/native.py), prepared once."""
+        key = orjson.dumps([name, schema], option=orjson.OPT_SORT_KEYS)
+        found = self._native.get(key)
+        if found is None:
+            found = self._native[key] = native_schema(name, schema, from_client=True)
+        return found
 
     def get(self, schema: dict[str, Any]) -> Any:
         key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)

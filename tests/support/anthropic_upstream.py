@@ -11,11 +11,12 @@ every request is recorded with its headers and body.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
+from jsonschema import Draft202012Validator
 
 from tests.support.fake_server import FakeServer, send_raw
 
@@ -55,6 +56,20 @@ class Behaviour:
     raw_body: bytes | None = None  # answer 200 with these bytes (fake_server.ECHO: the key)
     raw_type: str = "application/json"
     raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
+    # A model under constraints: the first candidate is what it says freely; a request that
+    # forces a tool gets a call of it with the first candidate its input_schema accepts.
+    candidates: list[Any] | None = None
+
+    def constrained(self, body: dict[str, Any]) -> Behaviour:
+        if self.candidates is None:
+            return self
+        choice = body.get("tool_choice") or {}
+        tool = next((t for t in body.get("tools") or () if t["name"] == choice.get("name")), None)
+        if choice.get("type") != "tool" or tool is None:
+            return replace(self, reply=orjson.dumps(self.candidates[0]).decode())
+        valid = Draft202012Validator(tool["input_schema"]).is_valid
+        chosen = next((c for c in self.candidates if valid(c)), self.candidates[0])
+        return replace(self, reply="", tool_name=tool["name"], tool_input=chosen)
 
     def content(self, model: str) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
@@ -117,6 +132,7 @@ class FakeAnthropic(FakeServer[Behaviour]):
             return web.json_response(error, status=b.status, headers=headers)
         if b.raw_body is not None or (b.raw_events is not None and body.get("stream")):
             return await send_raw(request, b.raw_body, b.raw_events, b.raw_type)
+        b = b.constrained(body)
         if not body.get("stream"):
             return web.json_response(message(model, b))
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
