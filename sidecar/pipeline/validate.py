@@ -284,10 +284,17 @@ def _signal(ctx: RequestContext, answer: dict[str, Any], text: str) -> None:
 
 
 def _attrs(ctx: RequestContext, result: str) -> dict[str, str]:
+    """`sidecar.enforce` says whether the answering provider was asked to enforce the schema
+    itself (native) or not (none), so first-try validity can be compared with it on and off."""
+    model = ctx.answered_by
+    native = ctx.native is not None and model is not None
+    if native and model is not None:
+        native = ctx.snapshot.policy.providers[model.provider].structured_output != "none"
     return {
         "sidecar.route": ctx.route.name if ctx.route else "(none)",
-        "sidecar.model": ctx.answered_by.name if ctx.answered_by else "(none)",
+        "sidecar.model": model.name if model else "(none)",
         "sidecar.output": result,
+        "sidecar.enforce": "native" if native else "none",
     }
 
 

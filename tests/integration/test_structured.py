@@ -16,6 +16,7 @@ from sidecar.app import Sidecar
 from tests.integration.test_output import api
 from tests.support.anthropic_upstream import FakeAnthropic
 from tests.support.constrained_upstream import FakeConstrained
+from tests.support.otlp import OtlpReceiver, collect
 from tests.support.sidecar import Sidecars
 
 # `note` is optional: OpenAI's strict mode needs it required and nullable.
@@ -387,6 +388,46 @@ async def test_langchain_with_structured_output_through_a_schema_route(
     llm = ChatOpenAI(
         model="people", base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0
     )
-    person = await llm.with_structured_output(Person, method=method).ainvoke("Who is Ada?")
+    try:
+        person = await llm.with_structured_output(Person, method=method).ainvoke("Who is Ada?")
+    finally:
+        await llm.root_async_client.close()  # LangChain leaves its client open
     assert person == Person(**ADA)
     assert len(constrained.calls("up-a")) == (1 if first == ADA else 2)
+
+
+async def test_first_try_validity_is_counted_per_route_model_and_enforcement(
+    sidecars: Sidecars, constrained: FakeConstrained, otlp: OtlpReceiver
+):
+    sc = await sidecars.start(
+        f"""
+        providers:
+          local: {{type: openai, base_url: "{constrained.base_url}"}}
+        models:
+          a: {{provider: local, name: up-a}}
+        schemas:
+          invoice: {json.dumps(INVOICE)}
+        routes:
+          "on": {{targets: [a], output: {{schema: invoice, on_invalid: {{retries: 1}}}}}}
+          "off":
+            targets: [a]
+            output: {{schema: invoice, enforce: validate, on_invalid: {{retries: 1}}}}
+        state: {{backend: memory}}
+        """,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint},
+    )
+    constrained.behave("up-a", candidates=[BAD, {**GOOD, "note": None}])  # BAD unconstrained
+    async with api(sc) as client:
+        for route in ("on", "off"):
+            await client.chat.completions.create(model=route, messages=MESSAGES)
+
+    def count(route: str, output: str, enforce: str) -> float:
+        return otlp.total(
+            "sidecar.output.validations",
+            **{"sidecar.route": route, "sidecar.output": output, "sidecar.enforce": enforce},
+        )
+
+    await collect(sc.telemetry, otlp, lambda: count("off", "repaired", "none") == 1)
+    assert count("on", "valid", "native") == 1  # valid at the first try, enforced
+    assert count("off", "invalid", "none") == 1  # the discarded first answer
+    assert count("off", "valid", "none") == 0
