@@ -9,8 +9,8 @@ from typing import Any
 
 from sidecar.errors import FailedAttempt
 from sidecar.policy.model import Model, Route, Target
-from sidecar.runtime import Snapshot
 from sidecar.policy.native import NativeSchema
+from sidecar.runtime import Snapshot
 from sidecar.stores.state import Hold
 
 
