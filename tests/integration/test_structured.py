@@ -132,12 +132,21 @@ async def test_a_server_refusing_the_dialect_is_named_in_the_502(
     )
 
 
-async def test_vllm_gets_guided_json(make, constrained: FakeConstrained):
-    sc = await make("{schema: invoice}", dialect="guided_json")
+@pytest.mark.parametrize(
+    ("dialect", "field", "value"),
+    [
+        ("guided_json", "guided_json", INVOICE),
+        ("structured_outputs", "structured_outputs", {"json": INVOICE}),
+    ],
+)
+async def test_vllm_gets_its_own_fields(
+    make, constrained: FakeConstrained, dialect: str, field: str, value: dict
+):
+    sc = await make("{schema: invoice}", dialect=dialect)
     constrained.behave("up-a", dialect="vllm", candidates=[BAD, GOOD])
     answer, _ = await ask(sc, response_format={"type": "json_object"})
     sent = constrained.calls("up-a")[0].body
-    assert sent["guided_json"] == INVOICE
+    assert sent[field] == value
     assert "response_format" not in sent
     assert content(answer) == GOOD
 

@@ -12,7 +12,7 @@ its arguments (constrained when the tool says `strict: true`). Dialects, per mod
     openai        response_format json_schema; with `strict: true` the schema must be in
                   strict form (every property required, additionalProperties false) or 400
     llama.cpp     response_format json_object with a `schema`; json_schema → 500
-    vllm          a top-level `guided_json`
+    vllm          a top-level `guided_json`, or `structured_outputs: {json: schema}`
     ignore        enforces nothing: always the first candidate
 """
 
@@ -131,8 +131,8 @@ def _schema(body: dict[str, Any], dialect: str) -> dict[str, Any] | None:
                 500, f'response_format type must be one of "text" or "json_object", but got: {kind}'
             )
         return fmt.get("schema") if kind == "json_object" else None
-    if dialect == "vllm":
-        return body.get("guided_json")
+    if dialect == "vllm":  # guided_json before 0.12, structured_outputs since 0.10
+        return body.get("guided_json") or (body.get("structured_outputs") or {}).get("json")
     return None
 
 
