@@ -4,8 +4,8 @@ port's `/stats` (the process's cumulative metrics, histograms with their buckets
 Each refresh compares two polls: requests/s, error rate, retries and p50/p95/p99 describe
 the interval between them. Percentiles come from the difference of the histograms' bucket
 counts, interpolated linearly inside the bucket that holds the rank (what Prometheus'
-`histogram_quantile` does), never from averages. Tokens and cost are totals since the
-sidecar started. `--once` prints one snapshot covering everything since the start.
+`histogram_quantile` does), never from averages. Tokens, cost and savings are totals since
+the sidecar started. `--once` prints one snapshot covering everything since the start.
 
 Standard library only (ANSI clear and redraw): the view is one table of text, and a
 dashboard tool should not add a runtime dependency to a sidecar's image.
@@ -27,13 +27,14 @@ DURATION = "gen_ai.client.operation.duration"
 TOKENS = "gen_ai.client.token.usage"
 FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
 COST = "sidecar.cost"
+BASELINE, SAVED = "sidecar.cost.baseline", "sidecar.cost.saved"
 QUEUE_WAIT = "sidecar.queue.wait"
 ROUTE = "sidecar.route"
 USER = "sidecar.user"
 MAX_ROWS = 12  # routes and users shown, busiest first
 SPEND, REMAINING = "sidecar.budget.spend", "sidecar.budget.remaining"
-# Current values: never differenced.
-GAUGES = frozenset({"sidecar.circuit.state", SPEND, REMAINING})
+# Current values, or sums that may go down: never differenced.
+GAUGES = frozenset({"sidecar.circuit.state", SPEND, REMAINING, SAVED})
 
 _CLEAR = "\x1b[H\x1b[2J"
 _ALT_ON, _ALT_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
@@ -206,6 +207,7 @@ def render(
         f"cache     hits {hits} (semantic {_num(lookups.get('semantic-hit', 0))})"
         f"   bypassed {_num(lookups.get('bypass', 0))}   saved {saved:.6f} USD",
         "outputs   " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),
+        _savings(now),
         "",
     ]
 
@@ -217,6 +219,7 @@ def render(
     tokens_in = _by(now, TOKENS, ROUTE, "input")
     tokens_out = _by(now, TOKENS, ROUTE, "output")
     cost = total(now, COST, by=ROUTE)
+    saved = total(now, SAVED, by=ROUTE)
     rows = []
     for route in routes[:MAX_ROWS]:
         h = histogram(win, DURATION, **{ROUTE: route})
@@ -237,10 +240,12 @@ def render(
                 _num(tokens_in.get(route, 0)),
                 _num(tokens_out.get(route, 0)),
                 f"{cost.get(route, 0.0):.6f}",
+                f"{saved.get(route, 0.0):.6f}",
             ]
         )
     header = ["ROUTE", "REQ/S", "ERR%", "P50", "P95", "P99", "REQUESTS", "TOK IN", "TOK OUT"]
-    lines += _table([*header, "COST USD"], rows) if rows else ["(no requests yet)"]
+    header += ["COST USD", "SAVED USD"]
+    lines += _table(header, rows) if rows else ["(no requests yet)"]
 
     users = sorted(
         {str(p["attributes"][USER]) for p in points(now, TOKENS) if USER in p["attributes"]}
@@ -286,6 +291,17 @@ def render(
             rows.append([limit, str(now_waiting), _num(h.count), ms(h.quantile(0.95))])
         lines += ["", *_table(["QUEUE", "WAITING", "WAITED", "WAIT P95"], rows)]
     return "\n".join(lines)
+
+
+def _savings(metrics: Mapping[str, Any]) -> str:
+    """The savings ledger since the start: what the requests would have cost at their
+    routes' baselines, what was saved, and by which lever (a negative one cost more)."""
+    would = sum(total(metrics, BASELINE).values())
+    levers = {k: v for k, v in total(metrics, SAVED, by="sidecar.lever").items() if v}
+    saved = sum(levers.values())
+    share = f" ({100 * saved / would:.1f}%)" if would else ""
+    by = "   ".join(f"{k} {v:.6f}" for k, v in sorted(levers.items(), key=lambda kv: -kv[1]))
+    return f"savings   would have cost {would:.6f} USD, saved {saved:.6f}{share}   {by}".rstrip()
 
 
 def _budget(attributes: Mapping[str, Any]) -> tuple[str, str, str]:

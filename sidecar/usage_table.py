@@ -10,9 +10,10 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from sidecar.stores.state import Usage
+from sidecar.stores.state import LEVERS
 
-COLUMNS = ("value", *Usage.FIELDS)
+COUNTS = ("requests", "input_tokens", "output_tokens", "cached_tokens")
+MONEY = ("cost_usd", "baseline_usd", "saved_usd")
 
 
 def show(ops: str, scope: str, window: str, bucket: str | None, as_json: bool) -> int:
@@ -39,7 +40,15 @@ def show(ops: str, scope: str, window: str, bucket: str | None, as_json: bool) -
 
 
 def table(body: dict[str, Any]) -> str:
-    header = [*COLUMNS, "budget_remaining_usd"]
+    """One line per scope value. Savings by lever get a column each, for the levers that
+    moved in this window (a negative one cost more than it saved)."""
+    levers = [
+        lever
+        for lever in LEVERS
+        if any((row.get("saved_by_lever") or {}).get(lever) for row in body["rows"])
+    ]
+    header = ["value", *COUNTS, *MONEY, *(f"saved_{lever}" for lever in levers)]
+    header.append("budget_remaining_usd")
     rows = [header]
     for row in body["rows"]:
         budgets = row.get("budgets") or []
@@ -47,9 +56,9 @@ def table(body: dict[str, Any]) -> str:
         rows.append(
             [
                 str(row["value"]),
-                *(f"{row[c]:.0f}" for c in COLUMNS[1:5]),
-                f"{row['cost_usd']:.6f}",
-                f"{row['saved_usd']:.6f}",
+                *(f"{row[c]:.0f}" for c in COUNTS),
+                *(f"{row[c]:.6f}" for c in MONEY),
+                *(f"{row['saved_by_lever'][lever]:.6f}" for lever in levers),
                 "-" if remaining is None else f"{remaining:.6f}",
             ]
         )

@@ -1,4 +1,5 @@
-"""`GET /usage` on the ops port: spend and tokens per scope value, and budget headroom.
+"""`GET /usage` on the ops port: spend, tokens and savings per scope value, and budget
+headroom.
 
 The ops port listens on the pod IP for the kubelet, so this endpoint asks for a bearer
 token when `SIDECAR_USAGE_TOKEN` is set (and should be, anywhere but a laptop).
@@ -18,7 +19,7 @@ from sidecar.api.proxy import JSON
 from sidecar.pipeline.cache import purge
 from sidecar.policy.schema import USAGE_SCOPES
 from sidecar.stores import keys
-from sidecar.stores.state import StoreUnavailable
+from sidecar.stores.state import LEVER_FIELDS, LEVERS, StoreUnavailable, Usage
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -55,7 +56,7 @@ async def usage(request: web.Request) -> web.Response:
     out: list[dict[str, Any]] = []
     for key, row in sorted(rows.items(), key=lambda kv: -kv[1].get("cost_usd", 0.0)):
         value = key[len(prefix) :]
-        entry: dict[str, Any] = {"value": value, **row}
+        entry = _entry(value, row)
         applicable = [b for b in budgets if b.values is None or value in b.values]
         if applicable:
             entry["budgets"] = [
@@ -70,6 +71,18 @@ async def usage(request: web.Request) -> web.Response:
         out.append(entry)
     body = {"scope": scope, "window": window, "bucket": bucket, "rows": out}
     return web.Response(body=orjson.dumps(body), content_type=JSON)
+
+
+def _entry(value: str, row: dict[str, float]) -> dict[str, Any]:
+    """One row as the API shows it: the counters, what the requests would have cost at
+    their routes' baselines, and the saving by lever (pipeline/ledger.py)."""
+    entry: dict[str, Any] = {"value": value}
+    entry.update((f, row.get(f, 0.0)) for f in Usage.BASE)
+    entry["baseline_usd"] = entry["cost_usd"] + entry["saved_usd"]
+    entry["saved_by_lever"] = {
+        lever: row.get(f, 0.0) for lever, f in zip(LEVERS, LEVER_FIELDS, strict=True)
+    }
+    return entry
 
 
 async def purge_cache(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import time
 
 from sidecar.pipeline.admit import scope_value
 from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.ledger import usage
 from sidecar.stores import keys
 from sidecar.stores.state import StoreUnavailable, Usage
 
@@ -38,15 +39,7 @@ async def record(ctx: RequestContext) -> None:
             return
         now = time.time()
         rows = _rows(int(now), tuple(scope_value(ctx, scope) for scope in USAGE_SCOPES))
-        usage = Usage(
-            1,
-            ctx.input_tokens,
-            ctx.output_tokens,
-            ctx.cached_tokens,
-            ctx.cost_usd or 0.0,
-            ctx.saved_usd,
-        )
-        await state.settle(ctx.hold, tuple(rows), usage)
+        await state.settle(ctx.hold, tuple(rows), usage(ctx))
         ctx.hold = None
         await _warn(ctx, now)
     except StoreUnavailable as exc:

@@ -22,7 +22,7 @@ import orjson
 
 from sidecar.errors import SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.pricing import cost_usd
+from sidecar.pipeline.ledger import EMBED, answer_tokens, charge
 from sidecar.pipeline.synth import assemble, events_from_completion, replay
 from sidecar.policy.model import CachePolicy
 from sidecar.providers.base import EMBEDDINGS, Call, Events, Reply
@@ -149,13 +149,23 @@ def land(ctx: RequestContext, outcome: bytes | SidecarError | str | None = None)
 
 def _serve(ctx: RequestContext, raw: bytes, how: str) -> Reply:
     entry = orjson.loads(raw)
-    answer, saved = entry["answer"], float(entry.get("cost", 0.0))
+    answer = entry["answer"]
     ctx.cache = how
-    ctx.saved_usd = saved
+    ctx.hit_tokens = _tokens(entry)
     if ctx.stream:
         include_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
         return Reply(events=replay(events_from_completion(answer, include_usage)))
     return Reply(body=orjson.dumps(answer))
+
+
+def _tokens(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """The stored answer's token counts, which the ledger prices a hit at (entries from
+    before the ledger have only the answer's usage)."""
+    tokens = entry.get("tokens")
+    if tokens is None:
+        usage = entry["answer"].get("usage") or {}
+        tokens = (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    return int(tokens[0]), int(tokens[1])
 
 
 async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
@@ -189,7 +199,7 @@ async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
         return _no_vector(exc.__class__.__name__)
     tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
-    ctx.cost_usd = (ctx.cost_usd or 0.0) + cost_usd(model.price, tokens, 0, 0)
+    charge(ctx, model, tokens, 0, purpose=EMBED)
     vector = np.asarray(raw, dtype=np.float32)
     norm = float(np.linalg.norm(vector)) or 1.0
     return vector / norm
@@ -252,7 +262,9 @@ async def store(ctx: RequestContext) -> None:
     entry = None
     try:
         if policy is not None and answer is not None and ctx.cache_key is not None:
-            entry = orjson.dumps({"answer": answer, "cost": ctx.cost_usd or 0.0})
+            entry = orjson.dumps(
+                {"answer": answer, "cost": ctx.cost_usd or 0.0, "tokens": answer_tokens(ctx)}
+            )
             answers, index = ctx.snapshot.stores.caches.get(policy)
             await answers.put(ctx.cache_key, entry, policy.ttl)
             if index is not None and ctx.cache_vector is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.errors import FailedAttempt
+from sidecar.pipeline.ledger import ANSWER, HITS, Ledger, Spend, saved_header
 from sidecar.policy.model import Model, Route, Target
 from sidecar.policy.native import NativeSchema
 from sidecar.runtime import Snapshot
@@ -49,7 +50,7 @@ class RequestContext:
     cache: str | None = None  # hit | semantic-hit | miss | bypass
     cache_key: str | None = None
     cache_similarity: float | None = None
-    saved_usd: float = 0.0  # what a cache hit would have cost
+    hit_tokens: tuple[int, int] | None = None  # a hit: the stored answer's (input, output)
     cache_leader: bool = False  # this request's miss is the one the others wait for
     cache_vector: Any = None  # (partition, embedding) of a semantic miss, to store with
     cache_store: Any = None  # the complete answer, kept for `finish` to store
@@ -59,6 +60,11 @@ class RequestContext:
     attempts: int = 0
     answered_by: Model | None = None
     failures: list[FailedAttempt] = field(default_factory=list)
+    # the savings ledger (pipeline/ledger.py)
+    spend: list[Spend] = field(default_factory=list)  # every call paid for, in order
+    purpose: str = ANSWER  # what the next call charged is for (after a discard: a retry)
+    trimmed_tokens: int = 0  # input tokens removed before sending
+    ledger: Ledger | None = None  # tallied in `finish`
 
     @property
     def deadline(self) -> float:
@@ -79,6 +85,9 @@ class RequestContext:
             headers["x-sidecar-cost-usd"] = f"{self.cost_usd:.8f}"
             if not self.usage_known:
                 headers["x-sidecar-usage"] = "estimated"
+        if self.cache in HITS or (self.spend and not self.stream):
+            # Known only once every call is charged: not for a stream relayed from upstream.
+            headers["x-sidecar-saved-usd"] = saved_header(self)
         if self.cache is not None:
             headers["x-sidecar-cache"] = self.cache
             if self.cache_similarity is not None:

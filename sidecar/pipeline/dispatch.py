@@ -35,6 +35,8 @@ from sidecar.errors import (
     UpstreamRejected,
 )
 from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.ledger import HEDGE
+from sidecar.pipeline.meter import charge_unused
 from sidecar.policy.model import ProviderConfig, Target
 from sidecar.providers.base import Call, Events, Provider, Reply
 from sidecar.telemetry.attempt import answered, server
@@ -213,23 +215,36 @@ async def _hedged(ctx: RequestContext) -> Reply:
                     if not running and waiting:
                         launch()
                     continue
-                await _abandon(running)
+                await _abandon(running, racing, ctx)
                 ctx.answered_by = racing[task].model
                 return reply
     finally:
-        await _abandon(running)
+        await _abandon(running, racing, None)
     raise TargetsExhausted(route.name, ctx.failures)
 
 
-async def _abandon(tasks: set[asyncio.Task[Reply]]) -> None:
-    """Cancel the losers of a race; close any answer that arrived anyway."""
+async def _abandon(
+    tasks: set[asyncio.Task[Reply]],
+    racing: dict[asyncio.Task[Reply], Target],
+    won: RequestContext | None,
+) -> None:
+    """Cancel the losers of a race; close any answer that arrived anyway. When the race
+    was `won`, each loser was a call in flight paid for against the hedge lever (a race
+    nobody won, as when the app went away, charges nothing, like any cancelled call)."""
     for task in tasks:
         task.cancel()
     for task in tasks:
+        model = racing[task].model
         try:
             reply = await task
-        except (asyncio.CancelledError, _TargetFailed, UpstreamRejected):
+        except asyncio.CancelledError:
+            if won is not None:
+                charge_unused(won, model, None, HEDGE)
             continue
+        except (_TargetFailed, UpstreamRejected):
+            continue
+        if won is not None:
+            charge_unused(won, model, reply.body if reply.events is None else None, HEDGE)
         await reply.aclose()
     tasks.clear()
 

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.pricing import cost_usd
+from sidecar.pipeline.ledger import charge
+from sidecar.policy.model import Model
 from sidecar.providers.base import Events, Reply
 from sidecar.tokens import count_text, estimate_request
 
@@ -67,6 +68,7 @@ def charge_answer(ctx: RequestContext, body: bytes) -> None:
             ctx.estimate_in or estimate_request(ctx.body),
             count_text(_answer_text(answer)),
             0,
+            0,
             False,
         )
 
@@ -82,7 +84,23 @@ def charge_events(ctx: RequestContext, events: list[bytes]) -> None:
             _charge_usage(ctx, chunk["usage"])
             return
         chunks += 1
-    _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
+    _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, 0, False)
+
+
+def charge_unused(ctx: RequestContext, model: Model, body: bytes | None, purpose: str) -> None:
+    """A call whose answer is not used (a losing hedge): charged at its usage when its
+    answer arrived, else at the request's estimated input tokens, the least a provider
+    bills for a call it had started. Its tokens are not the request's; its cost is."""
+    usage: Any = None
+    if body is not None:
+        try:
+            usage = orjson.loads(body).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            usage = None
+    if isinstance(usage, dict) and usage:
+        charge(ctx, model, *_counts(usage), purpose=purpose)
+    else:
+        charge(ctx, model, ctx.estimate_in or estimate_request(ctx.body), 0, purpose=purpose)
 
 
 def _finish_reasons(answer: Any) -> list[str]:
@@ -93,18 +111,28 @@ def _finish_reasons(answer: Any) -> list[str]:
 
 
 def _charge_usage(ctx: RequestContext, usage: dict[str, Any]) -> None:
+    _charge(ctx, *_counts(usage), True)
+
+
+def _counts(usage: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(input, output, cached, written) tokens from an OpenAI-shaped usage object; cache
+    writes are Anthropic's, where its adapter puts them."""
     details = usage.get("prompt_tokens_details") or {}
-    _charge(
-        ctx,
+    return (
         int(usage.get("prompt_tokens") or 0),
         int(usage.get("completion_tokens") or 0),
         int(details.get("cached_tokens") or 0),
-        True,
+        int(details.get("cache_creation_tokens") or 0),
     )
 
 
 def _charge(
-    ctx: RequestContext, input_tokens: int, output_tokens: int, cached: int, known: bool
+    ctx: RequestContext,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int,
+    written: int,
+    known: bool,
 ) -> None:
     first = ctx.answers == 0
     ctx.answers += 1
@@ -112,10 +140,8 @@ def _charge(
     ctx.output_tokens += output_tokens
     ctx.cached_tokens += cached
     ctx.usage_known = known if first else (ctx.usage_known and known)
-    model = ctx.answered_by
-    if model is not None:
-        cost = cost_usd(model.price, input_tokens, output_tokens, cached)
-        ctx.cost_usd = cost if ctx.cost_usd is None else ctx.cost_usd + cost
+    if ctx.answered_by is not None:
+        charge(ctx, ctx.answered_by, input_tokens, output_tokens, cached, written)
 
 
 def _answer_text(answer: Any) -> str:
@@ -158,7 +184,7 @@ async def _metered(ctx: RequestContext, events: Events) -> Events:
         if usage is not None:
             _charge_usage(ctx, usage)
         else:
-            _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, False)
+            _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, 0, False)
 
 
 def _estimated(ctx: RequestContext, chunks: int) -> bytes:

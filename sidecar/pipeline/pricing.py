@@ -5,7 +5,20 @@ from __future__ import annotations
 from sidecar.policy.model import Price
 
 
-def cost_usd(price: Price, input_tokens: int, output_tokens: int, cached_tokens: int) -> float:
-    cached_price = price.input if price.cached_input is None else price.cached_input
-    fresh = max(0, input_tokens - cached_tokens)
-    return (fresh * price.input + cached_tokens * cached_price + output_tokens * price.output) / 1e6
+def cost_usd(
+    price: Price,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int,
+    written_tokens: int = 0,
+    batch: bool = False,
+) -> float:
+    """`input_tokens` counts every input token, those read from and written to the
+    provider's prompt cache included (as OpenAI's `prompt_tokens` does)."""
+    fresh = max(0, input_tokens - cached_tokens - written_tokens)
+    cost = fresh * price.input + output_tokens * price.output
+    if cached_tokens:
+        cost += cached_tokens * (price.input if price.cached_input is None else price.cached_input)
+    if written_tokens:
+        cost += written_tokens * (price.input if price.cache_write is None else price.cache_write)
+    return (cost * price.batch if batch else cost) / 1e6

@@ -23,6 +23,7 @@ from sidecar.errors import OutputInvalid, TargetsExhausted
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.enforce import forced_tool
+from sidecar.pipeline.ledger import RETRY
 from sidecar.pipeline.meter import charge_answer, charge_events
 from sidecar.pipeline.synth import assemble, completion, events_from_completion, replay
 from sidecar.policy.model import OutputPolicy
@@ -245,6 +246,7 @@ def _discard(ctx: RequestContext, reply: Reply, buffered: list[bytes] | None) ->
         charge_answer(ctx, reply.body)
     else:
         charge_events(ctx, buffered)
+    ctx.purpose = RETRY  # any call after this one exists because the sidecar asked again
     ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, "invalid"))
 
 

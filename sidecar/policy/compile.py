@@ -272,6 +272,7 @@ class _Compiler(StageSections):
                 input=float(price.get("input", 0.0)),
                 output=float(price.get("output", 0.0)),
                 cached_input=(float(price["cached_input"]) if "cached_input" in price else None),
+                cache_write=(float(price["cache_write"]) if "cache_write" in price else None),
             ),
         )
 
@@ -317,7 +318,26 @@ class _Compiler(StageSections):
             hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
             output=self.output(e, schemas, targets, providers),
             cache=self.cache(e, models),
+            baseline=self._baseline(e, models, targets),
         )
+
+    def _baseline(self, e: Entry, models: dict[str, Model], targets: list[Target]) -> Model | None:
+        """The model the savings ledger prices this route's requests at: the one named,
+        else the dearest target (input plus output price; the first of equals)."""
+        name = e.body.get("baseline")
+        if name is None:
+            dearest = max(targets, key=lambda t: t.model.price.reference, default=None)
+            return dearest.model if dearest else None
+        if name not in models:
+            self.problems.append(
+                e.problem(
+                    f"route '{e.name}' has baseline '{name}', which is not a defined model "
+                    f"(models: {names(models)})",
+                    "baseline",
+                )
+            )
+            return None
+        return models[name]
 
     def route_sets(self, routes: dict[str, Route], models: dict[str, Model]) -> dict[str, RouteSet]:
         grouped: dict[str, list[Route]] = {}
@@ -333,6 +353,7 @@ class _Compiler(StageSections):
                         (Target(model, Retry()),),
                         DEFAULT_ROUTE_TIMEOUT,
                         implicit=True,
+                        baseline=model,
                     )
                 )
         sets: dict[str, RouteSet] = {}

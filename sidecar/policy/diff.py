@@ -191,6 +191,8 @@ def _used_by(section: str, name: str, after: Mapping[str, Mapping[str, _Entry]])
             names = [t.get("model") if isinstance(t, dict) else t for t in targets or []]
             if name in names:
                 users.append(f"route {r}")
+            elif isinstance(e.body, dict) and e.body.get("baseline") == name:
+                users.append(f"route {r} (baseline)")
         users += [
             f"budget {b}"
             for b, e in after["budgets"].items()

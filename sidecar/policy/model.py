@@ -53,11 +53,19 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per one million tokens."""
+    """USD per one million tokens. Cached reads and cache writes cost the input price
+    unless the policy says otherwise."""
 
     input: float = 0.0
     output: float = 0.0
-    cached_input: float | None = None
+    cached_input: float | None = None  # input tokens read from the provider's prompt cache
+    cache_write: float | None = None  # input tokens written to it (Anthropic: above input)
+    batch: float = 1.0  # what a provider batch call costs, as a share of the normal price
+
+    @property
+    def reference(self) -> float:
+        """What "the dearest model" compares: input plus output price."""
+        return self.input + self.output
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +162,8 @@ class Route:
     output: OutputPolicy | None = None
     cache: CachePolicy | None = None
     implicit: bool = False  # a model addressed directly, with no route of its own
+    # What the savings ledger compares with: `baseline:`, else the dearest target.
+    baseline: Model | None = None
 
 
 @dataclass(frozen=True, slots=True)

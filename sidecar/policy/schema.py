@@ -74,6 +74,7 @@ PRICE: dict[str, Any] = {
     "input": {"type": "number", "min": 0},
     "output": {"type": "number", "min": 0},
     "cached_input": {"type": "number", "min": 0},
+    "cache_write": {"type": "number", "min": 0},
 }
 
 MODEL: dict[str, Any] = {
@@ -177,6 +178,7 @@ ROUTE: dict[str, Any] = {
     "hedge": {"type": "dict", "schema": HEDGE},
     "output": {"type": "dict", "schema": OUTPUT},
     "cache": {"type": "string", "empty": False},  # a `cache` entry's name
+    "baseline": {"type": "string", "empty": False},  # a model: what savings are measured against
 }
 
 

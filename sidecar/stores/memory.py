@@ -8,8 +8,8 @@ import time
 from sidecar.stores.state import Hold, Usage
 
 _N = len(Usage.FIELDS)
-# `settle` adds to the fields by position, in this order.
-assert Usage.FIELDS == (
+# `settle` adds to the fields by position, in this order, the levers after them.
+assert Usage.BASE == (
     "requests",
     "input_tokens",
     "output_tokens",
@@ -17,6 +17,7 @@ assert Usage.FIELDS == (
     "cost_usd",
     "saved_usd",
 )
+_LEVERS_AT = len(Usage.BASE)
 
 
 class MemoryState:
@@ -118,6 +119,12 @@ class MemoryState:
             row[3] += cached
             row[4] += cost
             row[5] += saved
+        if usage.saved:  # most requests move no lever: no second pass for them
+            levers = [(i, v) for i, v in enumerate(usage.saved, _LEVERS_AT) if v]
+            for key, _ in rows:
+                row = self.rows[key]
+                for i, v in levers:
+                    row[i] += v
         self._settles += 1
         if self._settles % 10_000 == 0:
             self.purge(time.time())

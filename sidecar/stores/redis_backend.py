@@ -83,21 +83,22 @@ return -1
 """
 )
 
-# KEYS: holds keys (n), then row keys.  ARGV: id, n, then 6 usage values, then row expiries.
+# KEYS: holds keys (n), then row keys.  ARGV: id, n, then one value per usage field (in
+# Usage.FIELDS order), then row expiries.
 _SETTLE = """
 local id, n = ARGV[1], tonumber(ARGV[2])
 for i = 1, n do redis.call('HDEL', KEYS[i], id) end
-local fields = {'requests', 'input_tokens', 'output_tokens', 'cached_tokens', 'cost_usd',
-                'saved_usd'}
+local fields = {FIELDS}
+local nf = #fields
 for i = n + 1, #KEYS do
-  for f = 1, 6 do
+  for f = 1, nf do
     local v = ARGV[2 + f]
     if v ~= '0' then redis.call('HINCRBYFLOAT', KEYS[i], fields[f], v) end
   end
-  redis.call('EXPIREAT', KEYS[i], ARGV[8 + i - n])
+  redis.call('EXPIREAT', KEYS[i], ARGV[2 + nf + i - n])
 end
 return 0
-"""
+""".replace("FIELDS", ", ".join(f"'{f}'" for f in Usage.FIELDS))
 
 
 def _holds(key: str) -> str:
@@ -171,7 +172,7 @@ class RedisState:
     ) -> None:
         hold_keys = [self._k(_holds(k)) for k in hold.keys] if hold else []
         keys = hold_keys + [self._k(k) for k, _ in rows]
-        values = [repr(getattr(usage, f)) if getattr(usage, f) else "0" for f in Usage.FIELDS]
+        values = [repr(v) if v else "0" for v in usage.values()]
         args = [hold.id if hold else "", len(hold_keys), *values, *(int(exp) for _, exp in rows)]
         await self._call(lambda: self._settle(keys=keys, args=args))
 

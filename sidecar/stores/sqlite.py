@@ -28,6 +28,14 @@ CREATE TABLE IF NOT EXISTS usage_rows (
 CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL);
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires_at REAL);
 """
+# Columns are named in every statement: a file from an older version gets the columns it
+# lacks added at the end (after expires_at), with 0 for the rows it already has.
+_COLUMNS = ", ".join(Usage.FIELDS)
+_SELECT_ROWS = f"SELECT key, {_COLUMNS}, expires_at FROM usage_rows WHERE expires_at > ?"
+_UPSERT_ROW = (
+    f"INSERT OR REPLACE INTO usage_rows (key, {_COLUMNS}, expires_at) "
+    f"VALUES ({', '.join('?' * (len(Usage.FIELDS) + 2))})"
+)
 
 
 class SqliteState(MemoryState):
@@ -56,11 +64,13 @@ class SqliteState(MemoryState):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        have = {row[1] for row in db.execute("PRAGMA table_info(usage_rows)")}
+        for column in Usage.FIELDS:
+            if column not in have:
+                db.execute(f"ALTER TABLE usage_rows ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
         now = time.time()
-        for key, *values, expires_at in db.execute(
-            "SELECT * FROM usage_rows WHERE expires_at > ?", (now,)
-        ):
-            self.rows[key] = [float(v) for v in values]
+        for key, *values, expires_at in db.execute(_SELECT_ROWS, (now,)):
+            self.rows[key] = [float(v or 0.0) for v in values]
             self.row_expiry[key] = expires_at
         for key, tat in db.execute("SELECT key, tat FROM rates WHERE tat > ?", (now,)):
             self.tats[key] = tat
@@ -130,9 +140,7 @@ class SqliteState(MemoryState):
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT OR REPLACE INTO usage_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
+            db.executemany(_UPSERT_ROW, rows)
             db.executemany("INSERT OR REPLACE INTO rates VALUES (?, ?)", rates)
             db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", seen)
             db.execute("DELETE FROM usage_rows WHERE expires_at <= ?", (time.time(),))

@@ -20,18 +20,50 @@ class StoreUnavailable(Exception):
     """The backend could not be reached; `state.on_error` decides what happens."""
 
 
-@dataclass(frozen=True, slots=True)
+# The savings ledger's levers (pipeline/ledger.py), in attribution order. Each is a usage
+# column `saved_<lever>_usd`; a new lever goes at the end (sqlite adds its column on open).
+LEVERS = (
+    "cache",
+    "selection",
+    "trim",
+    "prompt_cache",
+    "batch",
+    "retry",
+    "hedge",
+    "escalation",
+    "shadow",
+)
+LEVER_FIELDS = tuple(f"saved_{lever}_usd" for lever in LEVERS)
+
+
+@dataclass(slots=True)
 class Usage:
-    """One request's contribution to every usage row it belongs to."""
+    """One request's contribution to every usage row it belongs to. Not frozen: one is
+    made per request, and a frozen dataclass's __init__ costs three times as much."""
 
     requests: int = 1
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0
-    saved_usd: float = 0.0  # what a cache hit would have cost
+    saved_usd: float = 0.0  # what it would have cost at the baseline, minus what it did
+    saved: tuple[float, ...] = ()  # saved_usd per lever, in LEVERS order; () when none moved
 
-    FIELDS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "saved_usd")
+    BASE = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "saved_usd")
+    FIELDS = (*BASE, *LEVER_FIELDS)
+
+    def values(self) -> tuple[float, ...]:
+        """Every field's value, in FIELDS order."""
+        levers = self.saved or (0.0,) * len(LEVERS)
+        return (
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_tokens,
+            self.cost_usd,
+            self.saved_usd,
+            *levers,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,12 +35,14 @@ _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 
 class Counter:
-    """A monotonic sum per attribute set (an OpenTelemetry Counter)."""
+    """A monotonic sum per attribute set (an OpenTelemetry Counter); with
+    `monotonic=False`, a sum that may go down (an UpDownCounter)."""
 
-    __slots__ = ("_lock", "_points", "description", "name", "unit")
+    __slots__ = ("_lock", "_points", "description", "monotonic", "name", "unit")
 
-    def __init__(self, name: str, unit: str, description: str = "") -> None:
+    def __init__(self, name: str, unit: str, description: str = "", monotonic: bool = True) -> None:
         self.name, self.unit, self.description = name, unit, description
+        self.monotonic = monotonic
         self._points: dict[frozenset[tuple[str, Any]], list[Any]] = {}  # [start_ns, value]
         self._lock = threading.Lock()
 
@@ -59,6 +61,37 @@ class Counter:
         if not points:
             return None
         data = [NumberDataPoint(dict(key), start, now_ns, value) for key, start, value in points]
+        return Metric(
+            self.name, self.description, self.unit, Sum(data, _CUMULATIVE, self.monotonic)
+        )
+
+
+class SumOf(Counter):
+    """A counter computed when metrics are collected: the sum of other counters' points,
+    keyed by their attributes less `drop`. Free per request; what it costs, it costs once
+    per collection."""
+
+    __slots__ = ("drop", "parts")
+
+    def __init__(
+        self, name: str, unit: str, description: str, parts: Sequence[Counter], drop: str
+    ) -> None:
+        super().__init__(name, unit, description)
+        self.parts, self.drop = tuple(parts), drop
+
+    def collect(self, now_ns: int) -> Metric | None:
+        totals: dict[frozenset[tuple[str, Any]], list[Any]] = {}
+        for part in self.parts:
+            with part._lock:
+                points = list(part._points.items())
+            for key, (start, value) in points:
+                kept = frozenset(kv for kv in key if kv[0] != self.drop)
+                total = totals.setdefault(kept, [start, 0.0])
+                total[0] = min(total[0], start)
+                total[1] += value
+        if not totals:
+            return None
+        data = [NumberDataPoint(dict(k), start, now_ns, v) for k, (start, v) in totals.items()]
         return Metric(self.name, self.description, self.unit, Sum(data, _CUMULATIVE, True))
 
 

@@ -20,7 +20,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sidecar.telemetry.budgets import BudgetGauges
 from sidecar.telemetry.export import MetricExport
-from sidecar.telemetry.instruments import Counter, ExplicitHistogram
+from sidecar.telemetry.instruments import Counter, ExplicitHistogram, SumOf
 from sidecar.telemetry.setup import (
     DURATION_BUCKETS,
     TOKEN_BUCKETS,
@@ -96,6 +96,17 @@ class Telemetry:
         self.retries = Counter("sidecar.retries", "{retry}")
         self.fallbacks = Counter("sidecar.fallbacks", "{fallback}")
         self.cost = Counter("sidecar.cost", "USD")
+        self.cost_saved = Counter(
+            "sidecar.cost.saved", "USD", "Saved per lever; negative: spent", monotonic=False
+        )
+        # Baseline = cost + saved: summed when collected, so a request records one less.
+        self.cost_baseline = SumOf(
+            "sidecar.cost.baseline",
+            "USD",
+            "What the requests would have cost at their routes' baselines",
+            (self.cost, self.cost_saved),
+            drop="sidecar.lever",
+        )
         self.rejections = Counter("sidecar.ratelimit.rejections", "{request}")
         self.queue_wait = ExplicitHistogram("sidecar.queue.wait", "s", DURATION_BUCKETS)
         self.budget_events = Counter("sidecar.budget.events", "{event}")

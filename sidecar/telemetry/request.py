@@ -15,6 +15,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from sidecar.errors import BUSY, CIRCUIT_OPEN
 from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.ledger import HITS
 from sidecar.telemetry.recorder import OPERATION
 
 
@@ -52,10 +53,12 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         tel.ttfc.record(first, attrs)
         if tel.ttft is not None:
             tel.ttft.record(first, attrs)
+    ledger = ctx.ledger
     if ctx.cache is not None:  # the route has a cache: what its lookup found
         tel.cache.add(1, {"sidecar.route": route, "result": ctx.cache})
-        if ctx.saved_usd:
-            tel.saved.add(ctx.saved_usd, {"sidecar.route": route})
+        if ledger is not None and ctx.cache in HITS:  # a hit saves its cache lever
+            tel.saved.add(ledger.lever("cache"), {"sidecar.route": route})
+    cost_attrs: dict[str, Any] | None = None
     if model is not None:
         token_attrs = {k: v for k, v in attrs.items() if k != "http.response.status_code"}
         cost_attrs = {"sidecar.route": route, "sidecar.model": model.name}
@@ -66,6 +69,15 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         tel.tokens.record(ctx.output_tokens, {**token_attrs, "gen_ai.token.type": "output"})
         if ctx.cost_usd:
             tel.cost.add(ctx.cost_usd, cost_attrs)
+    if ledger is not None and ledger.saved:  # (sidecar.cost.baseline is cost + saved)
+        if cost_attrs is None:  # a cache hit: no model answered; a lookup may have cost
+            cost_attrs = {"sidecar.route": route}
+            if config.user_attribute:
+                cost_attrs["sidecar.user"] = tel.user_attribute(ctx.user, config.max_users)
+            if ctx.cost_usd:
+                tel.cost.add(ctx.cost_usd, cost_attrs)
+        for lever, usd in ledger.by_lever().items():
+            tel.cost_saved.add(usd, {**cost_attrs, "sidecar.lever": lever})
     if span is None or not span.is_recording():
         return
     # One call: each set_attribute takes the span's lock and cleans its value.
@@ -83,6 +95,9 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         extra["gen_ai.usage.output_tokens"] = ctx.output_tokens
         if ctx.cost_usd is not None:
             extra["sidecar.cost_usd"] = ctx.cost_usd
+    if ledger is not None:
+        extra["sidecar.baseline_usd"] = ledger.baseline_usd
+        extra["sidecar.saved_usd"] = ledger.saved_usd
         if ctx.finish_reasons:
             extra["gen_ai.response.finish_reasons"] = ctx.finish_reasons
     if reason is not None:

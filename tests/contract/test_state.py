@@ -8,6 +8,7 @@ fires once, usage rows add up and are found by prefix."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import pytest
 from sidecar.stores.memory import MemoryState
 from sidecar.stores.redis_backend import RedisState
 from sidecar.stores.sqlite import SqliteState
-from sidecar.stores.state import Hold, State, Usage
+from sidecar.stores.state import LEVER_FIELDS, LEVERS, Hold, State, Usage
 
 BACKENDS = ["memory", "sqlite", "redis"]
 
@@ -176,8 +177,12 @@ async def test_once_is_true_once_per_ttl(state: State):
     assert await state.once("warned:x", 0.2)
 
 
+def levers(**saved: float) -> tuple[float, ...]:
+    return tuple(saved.get(lever, 0.0) for lever in LEVERS)
+
+
 async def test_usage_rows_add_up_and_are_found_by_prefix(state: State):
-    one = Usage(1, 7, 3, 2, 0.25, 0.5)
+    one = Usage(1, 7, 3, 2, 0.25, 0.5, levers(cache=0.75, retry=-0.25))
     await state.settle(None, rows("u:day:D:team:a", "u:day:D:team:b", "u:day:D:user:a"), one)
     await state.settle(None, rows("u:day:D:team:a", "u:hour:H:team:a"), one)
     found = await state.usage("u:day:D:team:")
@@ -190,6 +195,9 @@ async def test_usage_rows_add_up_and_are_found_by_prefix(state: State):
             "cached_tokens": 4,
             "cost_usd": 0.5,
             "saved_usd": 1.0,
+            **{f: 0.0 for f in LEVER_FIELDS},
+            "saved_cache_usd": 1.5,
+            "saved_retry_usd": -0.5,
         }
     )
     assert found["u:day:D:team:b"]["requests"] == 1
@@ -227,6 +235,44 @@ async def test_sqlite_keeps_spend_rates_and_once_across_close_and_reopen(tmp_pat
         assert await third.spent("u:day:D:team:a") == pytest.approx((0.5, 0.0))
     finally:
         await third.close()
+
+
+async def test_sqlite_opens_a_file_from_before_the_ledger_and_adds_its_columns(tmp_path: Path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE usage_rows (
+            key TEXT PRIMARY KEY, requests REAL, input_tokens REAL, output_tokens REAL,
+            cached_tokens REAL, cost_usd REAL, saved_usd REAL, expires_at REAL);
+        CREATE TABLE rates (key TEXT PRIMARY KEY, tat REAL);
+        CREATE TABLE seen (key TEXT PRIMARY KEY, expires_at REAL);
+        """
+    )
+    db.execute(
+        "INSERT INTO usage_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ("u:day:D:team:a", 2, 14, 6, 0, 0.5, 0.25, time.time() + 3600),
+    )
+    db.commit()
+    db.close()
+    store = await SqliteState(path).open()
+    try:
+        row = (await store.usage("u:day:"))["u:day:D:team:a"]
+        assert (row["cost_usd"], row["saved_usd"]) == (0.5, 0.25)
+        assert row["saved_selection_usd"] == 0.0
+        await store.settle(
+            None, rows("u:day:D:team:a"), Usage(1, 7, 3, 0, 0.25, 0.1, levers(selection=0.1))
+        )
+    finally:
+        await store.close()
+    again = await SqliteState(path).open()
+    try:
+        row = (await again.usage("u:day:"))["u:day:D:team:a"]
+        assert row["requests"] == 3
+        assert row["saved_usd"] == pytest.approx(0.35)
+        assert row["saved_selection_usd"] == pytest.approx(0.1)
+    finally:
+        await again.close()
 
 
 async def test_sqlite_writes_behind_while_running(tmp_path: Path):

@@ -433,7 +433,16 @@ async def test_usage_rows_per_user_team_route_model_and_the_usage_command(
     lines = out.splitlines()
     assert lines[0].startswith("team usage, day ")
     [t1] = [line.split() for line in lines if line.startswith("t1 ")]
-    assert t1 == ["t1", "2", "14", "6", "0", f"{both:.6f}", "0.000000", f"{1.0 - both:.6f}"]
+    # b is the dearer target, so the route's baseline: a answering saved the difference.
+    saved = cost("b") - cost("a")
+    money = [f"{both:.6f}", f"{2 * cost('b'):.6f}", f"{saved:.6f}", f"{saved:.6f}"]
+    assert lines[2].split() == [
+        "value",
+        *("requests", "input_tokens", "output_tokens", "cached_tokens"),
+        *("cost_usd", "baseline_usd", "saved_usd", "saved_selection"),
+        "budget_remaining_usd",
+    ]
+    assert t1 == ["t1", "2", "14", "6", "0", *money, f"{1.0 - both:.6f}"]
     code, out, _ = await cli_usage(sc.ops_port, "--scope", "model", "--window", "week")
     assert code == 0
     assert {line.split()[0] for line in out.splitlines()[4:]} == {"a", "b"}

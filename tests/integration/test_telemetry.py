@@ -141,6 +141,8 @@ async def test_a_fallback_is_one_server_span_continuing_the_apps_trace_with_two_
         "sidecar.model": "b",
         "sidecar.attempts": 2,
         "sidecar.cost_usd": pytest.approx(cost("b")),
+        "sidecar.baseline_usd": pytest.approx(cost("b")),  # b is the route's dearest target
+        "sidecar.saved_usd": 0.0,
         "sidecar.fallback_reason": "5xx",
         "sidecar.policy_version": headers["x-sidecar-policy-version"],
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import openai
@@ -42,13 +43,26 @@ def seconds(cell: str) -> float:
     return number / 1000 if cell.endswith("ms") else number
 
 
+async def traffic_then_top(
+    tmp_path: Path, policy: str, send: Callable[[openai.AsyncOpenAI], Awaitable[None]]
+) -> str:
+    """Serve `policy`, let `send` make requests through the SDK, then run `top --once`."""
+    write_policy(tmp_path / "p", "p.yaml", policy)
+    sc = await start_sidecar(tmp_path / "p")
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0
+        ) as client:
+            await send(client)
+        return await top_once(sc.ops_port)
+    finally:
+        await sc.stop()
+
+
 async def test_top_once_shows_counts_percentiles_users_and_circuits(
     tmp_path: Path, upstream: FakeOpenAI
 ):
-    write_policy(
-        tmp_path / "p",
-        "p.yaml",
-        f"""\
+    policy = f"""\
         providers:
           main: {{type: openai, base_url: {upstream.base_url}}}
         models:
@@ -63,28 +77,23 @@ async def test_top_once_shows_counts_percentiles_users_and_circuits(
         telemetry: {{user_attribute: true, max_users: 10}}
         budgets:
           fast-day: {{scope: route, routes: [fast], limit_usd: 100, window: day}}
-        """,
-    )
+        """
     upstream.behave("up-s", delay=0.2)
-    sc = await start_sidecar(tmp_path / "p")
-    try:
-        async with openai.AsyncOpenAI(
-            base_url=f"http://127.0.0.1:{sc.port}/v1", api_key="x", max_retries=0
-        ) as client:
-            for i in range(12):
-                await client.chat.completions.create(
-                    model="fast", messages=MESSAGES, extra_headers={"x-sidecar-user": f"u{i % 2}"}
-                )
-            await asyncio.gather(
-                *(client.chat.completions.create(model="slow", messages=MESSAGES) for _ in range(8))
+
+    async def send(client: openai.AsyncOpenAI) -> None:
+        for i in range(12):
+            await client.chat.completions.create(
+                model="fast", messages=MESSAGES, extra_headers={"x-sidecar-user": f"u{i % 2}"}
             )
-            for temperature in (0, 0, 0, 1):  # a miss, two hits, a bypass (not temperature 0)
-                await client.chat.completions.create(
-                    model="cached", messages=MESSAGES, temperature=temperature
-                )
-        text = await top_once(sc.ops_port)
-    finally:
-        await sc.stop()
+        await asyncio.gather(
+            *(client.chat.completions.create(model="slow", messages=MESSAGES) for _ in range(8))
+        )
+        for temperature in (0, 0, 0, 1):  # a miss, two hits, a bypass (not temperature 0)
+            await client.chat.completions.create(
+                model="cached", messages=MESSAGES, temperature=temperature
+            )
+
+    text = await traffic_then_top(tmp_path, policy, send)
 
     assert "requests" in text
     assert re.search(r"requests\s+[\d.]+/s \(24\)", text), text
@@ -118,3 +127,36 @@ async def test_top_once_shows_counts_percentiles_users_and_circuits(
         f"{spent:.6f}",
         f"{100 - spent:.6f}",
     ]
+
+
+async def test_top_once_shows_what_the_ledger_saved_by_lever(tmp_path: Path, upstream: FakeOpenAI):
+    policy = f"""\
+        providers:
+          main: {{type: openai, base_url: {upstream.base_url}}}
+        models:
+          dear: {{provider: main, name: up-dear, price: {{input: 3000, output: 15000}}}}
+          cheap: {{provider: main, name: up-cheap, price: {{input: 1000, output: 4000}}}}
+        cache:
+          answers: {{mode: exact, scope: global}}
+        routes:
+          picked: {{targets: [cheap], baseline: dear}}
+          cached: {{targets: [dear], cache: answers}}
+        """
+
+    async def send(client: openai.AsyncOpenAI) -> None:
+        await client.chat.completions.create(model="picked", messages=MESSAGES)
+        for _ in range(3):  # a miss, then two hits
+            await client.chat.completions.create(model="cached", messages=MESSAGES, temperature=0)
+
+    text = await traffic_then_top(tmp_path, policy, send)
+    dear, cheap = (7 * 3000 + 3 * 15000) / 1e6, (7 * 1000 + 3 * 4000) / 1e6
+    would, saved = 4 * dear, (dear - cheap) + 2 * dear
+    assert row(text, "savings") == [
+        "savings",
+        *("would", "have", "cost", f"{would:.6f}", "USD,", "saved", f"{saved:.6f}"),
+        f"({100 * saved / would:.1f}%)",
+        *("cache", f"{2 * dear:.6f}", "selection", f"{dear - cheap:.6f}"),
+    ]
+    # ROUTE ... COST USD, SAVED USD
+    assert row(text, "picked")[-2:] == [f"{cheap:.6f}", f"{dear - cheap:.6f}"]
+    assert row(text, "cached")[-1] == f"{2 * dear:.6f}"

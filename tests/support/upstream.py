@@ -35,6 +35,7 @@ class Behaviour:
     raw_body: bytes | None = None  # answer 200 with these bytes (fake_server.ECHO: the key)
     raw_type: str = "application/json"
     raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
+    usage: dict[str, Any] | None = None  # what the answers report (default: 7 in, 3 out)
 
 
 class FakeOpenAI(FakeServer[Behaviour]):
@@ -98,13 +99,13 @@ class FakeOpenAI(FakeServer[Behaviour]):
         if b.replies:
             text = b.replies.pop(0) if len(b.replies) > 1 else b.replies[0]
         if not body.get("stream"):
-            answer = completion(model, text)
+            answer = completion(model, text, b.usage)
             answer["choices"][0]["finish_reason"] = b.finish_reason
             return web.json_response(answer)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         events = stream_events(
-            model, text, (body.get("stream_options") or {}).get("include_usage", False)
+            model, text, (body.get("stream_options") or {}).get("include_usage", False), b.usage
         )
         try:
             for i, event in enumerate(events):
@@ -140,7 +141,10 @@ class FakeOpenAI(FakeServer[Behaviour]):
         )
 
 
-def completion(model: str, text: str) -> dict[str, Any]:
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def completion(model: str, text: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -149,11 +153,13 @@ def completion(model: str, text: str) -> dict[str, Any]:
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         ],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        "usage": usage or USAGE,
     }
 
 
-def stream_events(model: str, text: str, include_usage: bool) -> list[bytes]:
+def stream_events(
+    model: str, text: str, include_usage: bool, usage: dict[str, Any] | None = None
+) -> list[bytes]:
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
             "id": "chatcmpl-fake",
@@ -182,8 +188,6 @@ def stream_events(model: str, text: str, include_usage: bool) -> list[bytes]:
         )
     events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     if include_usage:
-        events.append(
-            event([], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
-        )
+        events.append(event([], usage=usage or USAGE))
     events.append(b"data: [DONE]\n\n")
     return events

@@ -38,6 +38,7 @@ LABELS = {
     "sidecar_budget_window",
     "sidecar_budget_scope_value",
     "sidecar_output",
+    "sidecar_lever",
 }
 
 
@@ -63,8 +64,8 @@ def exported_names() -> set[str]:
         if isinstance(inst, ExplicitHistogram):
             base = prometheus_base(inst.name, unit, counter=False)
             names |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"}
-        elif isinstance(inst, Counter):
-            names.add(prometheus_base(inst.name, unit, counter=True))
+        elif isinstance(inst, Counter):  # a non-monotonic sum becomes a gauge
+            names.add(prometheus_base(inst.name, unit, counter=inst.monotonic))
         elif isinstance(inst, ObservableGauge | UpDownCounter):
             names.add(prometheus_base(inst.name, unit, counter=False))
     telemetry.shutdown()
@@ -122,6 +123,8 @@ def test_every_metric_the_dashboard_queries_is_one_the_sidecar_exports():
         "sidecar_queue_wait_seconds_bucket",
         "sidecar_cache_lookups_total",
         "sidecar_output_validations_total",
+        "sidecar_cost_baseline_USD_total",  # spent vs would have spent
+        "sidecar_cost_saved_USD",  # saved by lever
     ):
         assert needed in queried, needed
     assert any("histogram_quantile(0.99" in e for e in exprs)
