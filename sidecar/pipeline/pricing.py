@@ -14,7 +14,10 @@ def cost_usd(
     batch: bool = False,
 ) -> float:
     """`input_tokens` counts every input token, those read from and written to the
-    provider's prompt cache included (as OpenAI's `prompt_tokens` does)."""
+    provider's prompt cache included (as OpenAI's `prompt_tokens` does). `batch`: through
+    the provider's batch API, at the model's explicit batch prices or its batch share."""
+    if batch and price.batch_prices is not None:
+        price, batch = price.batch_prices, False
     fresh = max(0, input_tokens - cached_tokens - written_tokens)
     cost = fresh * price.input + output_tokens * price.output
     if cached_tokens:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sidecar.policy.compile_batch import batch_policy, batch_prices, micro_batch
 from sidecar.policy.compile_stages import StageSections
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.entry import Entry, LeftOut, names, seconds, values
@@ -268,11 +269,13 @@ class _Compiler(StageSections):
             provider=e.body["provider"],
             upstream=e.body.get("name") or e.name,
             circuit=_circuit(e.body.get("circuit"), provider.circuit if provider else None),
+            embeddings=micro_batch(e.body.get("embeddings")),
             price=Price(
                 input=float(price.get("input", 0.0)),
                 output=float(price.get("output", 0.0)),
                 cached_input=(float(price["cached_input"]) if "cached_input" in price else None),
                 cache_write=(float(price["cache_write"]) if "cache_write" in price else None),
+                **batch_prices(price.get("batch")),
             ),
         )
 
@@ -319,6 +322,7 @@ class _Compiler(StageSections):
             output=self.output(e, schemas, targets, providers),
             cache=self.cache(e, models),
             baseline=self._baseline(e, models, targets),
+            batch=batch_policy(b.get("batch")),
         )
 
     def _baseline(self, e: Entry, models: dict[str, Model], targets: list[Target]) -> Model | None:

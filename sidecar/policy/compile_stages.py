@@ -97,6 +97,8 @@ class StageSections:
             webhook_attempts=b.get("webhook_attempts", 5),
             retention=seconds(b.get("retention"), 7 * 24 * 3600.0),
             max_file_bytes=b.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES),
+            batch_poll=seconds(b.get("batch_poll"), 30.0),
+            batch_poll_max=seconds(b.get("batch_poll_max"), 600.0),
         )
 
     def telemetry(self) -> TelemetryConfig:

@@ -61,11 +61,20 @@ class Price:
     cached_input: float | None = None  # input tokens read from the provider's prompt cache
     cache_write: float | None = None  # input tokens written to it (Anthropic: above input)
     batch: float = 1.0  # what a provider batch call costs, as a share of the normal price
+    batch_prices: Price | None = None  # or the provider's own batch prices, per token kind
 
     @property
     def reference(self) -> float:
         """What "the dearest model" compares: input plus output price."""
         return self.input + self.output
+
+
+@dataclass(frozen=True, slots=True)
+class MicroBatch:
+    """`embeddings:` on a model: concurrent calls within `window` share one upstream call."""
+
+    window: float = 0.005
+    max_inputs: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,19 @@ class Model:
     upstream: str  # the provider's name for it
     price: Price = field(default_factory=Price)
     circuit: Circuit | None = None
+    embeddings: MicroBatch | None = None  # micro-batch its embeddings calls
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """`batch:` on a route: which of its deferrable lines (batch lines, jobs) go through
+    the provider's batch API, grouped per target model, and what happens to lines a
+    provider batch leaves unfinished (expired, failed, cancelled by the provider)."""
+
+    mode: str = "provider"  # every line unless it asks `sync` | allowed: those asking `provider`
+    max_lines: int = 1000  # a group is submitted once it holds this many lines
+    max_wait: float = 60.0  # ... or once its oldest line waited this long
+    unfinished: str = "sync"  # resubmit | sync (run as a call, at full price) | fail
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +186,7 @@ class Route:
     implicit: bool = False  # a model addressed directly, with no route of its own
     # What the savings ledger compares with: `baseline:`, else the dearest target.
     baseline: Model | None = None
+    batch: BatchPolicy | None = None  # deferrable lines may wait for a provider batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +270,8 @@ class JobsConfig:
     webhook_attempts: int = 5
     retention: float = 7 * 24 * 3600.0  # finished stand-alone jobs are deleted after; 0: kept
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # largest upload to /v1/files
+    batch_poll: float = 30.0  # a provider batch's first poll; doubles while nothing changes
+    batch_poll_max: float = 600.0
 
     @property
     def queue_key(self) -> tuple[str, str, str | None]:

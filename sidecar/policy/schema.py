@@ -75,6 +75,27 @@ PRICE: dict[str, Any] = {
     "output": {"type": "number", "min": 0},
     "cached_input": {"type": "number", "min": 0},
     "cache_write": {"type": "number", "min": 0},
+    # Through the provider's batch API: a share of these prices (0.5: half), or its own.
+    "batch": {
+        "anyof": [
+            {"type": "number", "min": 0, "max": 1},
+            {
+                "type": "dict",
+                "schema": {
+                    "input": {"type": "number", "min": 0, "required": True},
+                    "output": {"type": "number", "min": 0, "required": True},
+                    "cached_input": {"type": "number", "min": 0},
+                    "cache_write": {"type": "number", "min": 0},
+                },
+            },
+        ]
+    },
+}
+
+# Concurrent embeddings calls for one model, merged into one upstream call (issue 20).
+MICRO_BATCH: dict[str, Any] = {
+    "batch_window": DURATION,  # how long the first call waits for others to join it
+    "max_inputs": {"type": "integer", "min": 1, "max": 2048},  # inputs per upstream call
 }
 
 MODEL: dict[str, Any] = {
@@ -82,6 +103,7 @@ MODEL: dict[str, Any] = {
     "name": {"type": "string", "empty": False},
     "price": {"type": "dict", "schema": PRICE},
     "circuit": {"type": "dict", "schema": CIRCUIT},
+    "embeddings": {"type": "dict", "schema": MICRO_BATCH},
 }
 
 MATCH: dict[str, Any] = {
@@ -164,6 +186,15 @@ HEDGE: dict[str, Any] = {
     "max": {"type": "integer", "min": 1, "max": 4},
 }
 
+# Deferrable lines (batch lines, jobs) through the providers' batch APIs (issue 20).
+BATCH_MODES = ("provider", "allowed")
+BATCH: dict[str, Any] = {
+    "mode": {"type": "string", "allowed": list(BATCH_MODES)},
+    "max_lines": {"type": "integer", "min": 1, "max": 50000},  # a provider batch's size
+    "max_wait": DURATION,  # the longest a line waits for its group to fill
+    "unfinished": {"type": "string", "allowed": ["resubmit", "sync", "fail"]},
+}
+
 ROUTE: dict[str, Any] = {
     "match": {"type": "dict", "schema": MATCH},
     "targets": {
@@ -179,6 +210,13 @@ ROUTE: dict[str, Any] = {
     "output": {"type": "dict", "schema": OUTPUT},
     "cache": {"type": "string", "empty": False},  # a `cache` entry's name
     "baseline": {"type": "string", "empty": False},  # a model: what savings are measured against
+    # `provider` | `allowed`, or {mode, max_lines, max_wait, unfinished}
+    "batch": {
+        "anyof": [
+            {"type": "string", "allowed": list(BATCH_MODES)},
+            {"type": "dict", "schema": BATCH},
+        ]
+    },
 }
 
 
@@ -246,6 +284,8 @@ JOBS: dict[str, Any] = {
     "webhook_attempts": {"type": "integer", "min": 1, "max": 20},
     "retention": DURATION,  # how long finished jobs stay readable; 0s keeps them
     "max_file_bytes": {"type": "integer", "min": 1},  # largest upload to /v1/files
+    "batch_poll": DURATION,  # how often a provider batch is polled at first
+    "batch_poll_max": DURATION,  # ... backing off to this while nothing changes
 }
 
 
