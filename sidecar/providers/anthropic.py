@@ -10,7 +10,9 @@ from sidecar.policy.model import ProviderConfig
 from sidecar.policy.native import NativeSchema
 from sidecar.providers import anthropic_wire
 from sidecar.providers.base import CHAT, Call, Events, translated
+from sidecar.providers.batch_anthropic import AnthropicBatches
 from sidecar.providers.http import HttpProvider, checked_answer
+from sidecar.providers.redact import Redactor
 from sidecar.providers.structured import forced_tool
 
 # Anthropic error types → OpenAI's, so the OpenAI SDKs raise the usual exception.
@@ -24,6 +26,10 @@ _ERROR_TYPES = {
 
 class AnthropicProvider(HttpProvider):
     paths: ClassVar[dict[str, str]] = {CHAT: "/v1/messages"}
+
+    def __init__(self, config: ProviderConfig, redactor: Redactor | None = None) -> None:
+        super().__init__(config, redactor)
+        self.batches = AnthropicBatches(self)
 
     def auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         headers = {"anthropic-version": config.anthropic_version}

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sidecar.errors import BUSY, PROTOCOL, UpstreamError
 from sidecar.policy.native import NativeSchema
+from sidecar.providers.batches import BatchApi
 
 CHAT = "chat"
 EMBEDDINGS = "embeddings"
@@ -73,6 +74,7 @@ class Reply:
 
 class Provider(Protocol):
     name: str
+    batches: BatchApi | None  # its batch API, when it has one (providers/batches.py)
 
     async def send(self, call: Call) -> Reply:
         """Raise `UpstreamError` (classified) for any failure, never anything else."""

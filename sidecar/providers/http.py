@@ -33,6 +33,7 @@ from sidecar.errors import (
 )
 from sidecar.policy.model import ProviderConfig
 from sidecar.providers.base import CHAT, Call, Events, Leases, Reply
+from sidecar.providers.batches import BatchApi
 from sidecar.providers.redact import Redactor, secrets_of
 from sidecar.shapes import CHAT_ANSWER_SHAPE, CHUNK_SHAPE, EMBEDDINGS_ANSWER_SHAPE
 
@@ -157,6 +158,7 @@ class HttpProvider:
     the connection pool, timeouts, leases, error classification and SSE framing are here."""
 
     paths: Mapping[str, str] = {}
+    batches: BatchApi | None = None  # a wire format with a batch API sets its adapter
 
     def __init__(self, config: ProviderConfig, redactor: Redactor | None = None) -> None:
         self.name = config.name
@@ -271,6 +273,32 @@ class HttpProvider:
         resp.release()
         release()
         return Reply(body=body)
+
+    async def fetch(
+        self, method: str, url: str, body: bytes | aiohttp.FormData | None = None
+    ) -> bytes:
+        """One call beside the answer path (a batch API's): the answer's bytes, redacted,
+        or an `UpstreamError` classified as an answer's would be (a 429 keeps its
+        Retry-After). Within the provider's `timeout`."""
+        if self._session is None or self._session.closed:
+            self._session = new_session(self.config)
+        headers = self._headers
+        if isinstance(body, aiohttp.FormData):  # multipart sets its own content type
+            headers = {k: v for k, v in headers.items() if k != "content-type"}
+        try:
+            async with (
+                asyncio.timeout(self.config.timeout),
+                self._session.request(method, url, data=body, headers=headers) as resp,
+            ):
+                raw = self.redact(await resp.read())
+                if resp.status >= 400:
+                    error = status_error(
+                        self.name, resp.status, self.client_error(raw), resp.headers
+                    )
+                    raise redacted(error, self.redact)
+                return raw
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise connection_error(self.config.base_url, exc) from None
 
     async def _read_events(self, resp: aiohttp.ClientResponse, done: Callable[[], None]) -> Events:
         complete = False

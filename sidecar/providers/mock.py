@@ -22,6 +22,8 @@ MAX_DIMENSIONS = 8192  # the most `embedding_dims` may say
 
 
 class MockProvider:
+    batches = None  # no batch API: deferred lines run as calls
+
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
         self.settings = config.mock

@@ -12,12 +12,18 @@ import orjson
 
 from sidecar.policy.model import ProviderConfig
 from sidecar.providers.base import CHAT, EMBEDDINGS, Call
+from sidecar.providers.batch_openai import OpenAIBatches
 from sidecar.providers.http import HttpProvider
+from sidecar.providers.redact import Redactor
 from sidecar.providers.structured import openai_body
 
 
 class OpenAIProvider(HttpProvider):
     paths: ClassVar[dict[str, str]] = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
+
+    def __init__(self, config: ProviderConfig, redactor: Redactor | None = None) -> None:
+        super().__init__(config, redactor)
+        self.batches = OpenAIBatches(self)
 
     def auth_headers(self, config: ProviderConfig) -> dict[str, str]:
         return {"authorization": f"Bearer {config.api_key.reveal()}"} if config.api_key else {}

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
+from tests.support.batch_apis import AnthropicBatchFake
 from tests.support.fake_server import FakeServer, send_raw
 
 # Anthropic's error type for each status it uses.
@@ -109,8 +110,19 @@ class FakeAnthropic(FakeServer[Behaviour]):
     async def start(self) -> FakeAnthropic:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
+        self.batches = AnthropicBatchFake(self)  # /v1/messages/batches
+        self.batches.register(app)
         await self.serve(app)
         return self
+
+    def answer_line(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A batch request's answer: the message, or (status, Anthropic's error object)."""
+        model = str(params.get("model", ""))
+        b = self.behaviour_of(model)
+        if b.status != 200:
+            kind = b.error_type or ERROR_TYPES.get(b.status, "api_error")
+            return b.status, {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
+        return 200, message(model, b.constrained(params))
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support.batch_apis import OpenAIBatchFake
 from tests.support.fake_server import FakeServer, send_raw
 
 
@@ -35,6 +36,7 @@ class Behaviour:
     raw_body: bytes | None = None  # answer 200 with these bytes (fake_server.ECHO: the key)
     raw_type: str = "application/json"
     raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
+    refuse_input: str | None = None  # embeddings: a 400 for any call with this input
     usage: dict[str, Any] | None = None  # what the answers report (default: 7 in, 3 out)
 
 
@@ -54,8 +56,22 @@ class FakeOpenAI(FakeServer[Behaviour]):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        self.batches = OpenAIBatchFake(self)  # /v1/files, /v1/batches
+        self.batches.register(app)
         await self.serve(app)
         return self
+
+    def answer_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A batch line's answer: what the synchronous endpoint would say, as (status, body)."""
+        b = self.behaviour_of(str(body.get("model", "")))
+        if b.status != 200:
+            error = {"message": f"fake failure {b.status}", "type": "invalid_request_error"}
+            return b.status, {"error": {**error, "code": None}}
+        if "input" in body:
+            return 200, self.embeddings_answer(body)
+        answer = completion(b.answered_by or body["model"], b.reply)
+        answer["choices"][0]["finish_reason"] = b.finish_reason
+        return 200, answer
 
     async def _common(
         self, request: web.Request
@@ -123,9 +139,16 @@ class FakeOpenAI(FakeServer[Behaviour]):
         return response
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body, _, early = await self._common(request)
+        body, b, early = await self._common(request)
         if early is not None:
             return early
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if b.refuse_input is not None and b.refuse_input in inputs:
+            error = {"message": "input refused", "type": "invalid_request_error", "code": None}
+            return web.json_response({"error": error}, status=400)
+        return web.json_response(self.embeddings_answer(body))
+
+    def embeddings_answer(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [
             {
@@ -136,9 +159,7 @@ class FakeOpenAI(FakeServer[Behaviour]):
             for i, x in enumerate(inputs)
         ]
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
-        return web.json_response(
-            {"object": "list", "data": data, "model": body["model"], "usage": usage}
-        )
+        return {"object": "list", "data": data, "model": body["model"], "usage": usage}
 
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
