@@ -21,8 +21,13 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"  # the request itself was refused (4xx): retrying would not help
 DEAD = "dead"  # retryable failures until max_attempts: the dead letter
 CANCELLED = "cancelled"  # its batch was cancelled before it started
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, DEAD, CANCELLED)
+# A line waiting for a provider batch (jobs/provider_batches.py): admitted, then held until
+# its group is submitted, then in the provider's batch until its answer lands.
+DEFERRED = "deferred"
+SUBMITTED = "submitted"
+STATUSES = (QUEUED, RUNNING, DEFERRED, SUBMITTED, SUCCEEDED, FAILED, DEAD, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, DEAD, CANCELLED})
+UNFINISHED = (QUEUED, RUNNING, DEFERRED, SUBMITTED)
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}  # order in the queue; all run below live traffic
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}

@@ -17,6 +17,11 @@ The contract:
   twice. `settle` is terminal; `retry` queues the job again after `delay`; `release`
   (graceful shutdown) queues it at once and gives its attempt back.
 - Files and batch records (the OpenAI Batch API) live in the same store.
+- So do provider batches (jobs/provider_batches.py): a running job `defer`red becomes a
+  `Line` in its group; `open_submission` moves a group's oldest lines into a `Submission`
+  in one step, so no line is ever in two; submissions are leased like jobs (a holder that
+  died is taken over by the next `claim_submission` after its lease), and `land` writes a
+  line's outcome only while its job is still waiting, so a line has one result.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sidecar.jobs.lines import Group, Line, Submission
 from sidecar.jobs.model import Job
 
 
@@ -122,5 +128,62 @@ class JobQueue(Protocol):
         ...
 
     async def list_batches(self, limit: int) -> list[dict[str, Any]]: ...
+
+    # --- provider batches ------------------------------------------------------------------
+
+    async def defer(self, job: Job, line: Line) -> bool:
+        """The running job (its lease presented) becomes `deferred`, its line in its group."""
+        ...
+
+    async def deferred_groups(self) -> list[Group]: ...
+
+    async def open_submission(
+        self, submission: Submission, limit: int, lease_for: float
+    ) -> list[Line]:
+        """Move up to `limit` of the group's oldest deferred lines into `submission` (their
+        jobs `submitted`) and store it, leased to `submission.lease`. No lines: no record."""
+        ...
+
+    async def claim_submission(self, lease: str, lease_for: float) -> Submission | None:
+        """An unfinished submission that is due (or whose holder's lease ran out), leased."""
+        ...
+
+    async def save_submission(
+        self, submission: Submission, due: float | None, lease_for: float
+    ) -> bool:
+        """Write it while its lease holds; `due`: give the lease up until then (sooner when
+        a cancel was asked for and not sent yet); None: keep the lease for `lease_for`."""
+        ...
+
+    async def submission_lines(self, submission_id: str) -> list[tuple[Line, Job]]:
+        """Its lines not landed yet, with their jobs."""
+        ...
+
+    async def open_submissions(self) -> list[Submission]:
+        """Every submission not done yet."""
+        ...
+
+    async def batch_submissions(self, batch_id: str) -> list[Submission]:
+        """The submissions that held lines of a batch of ours."""
+        ...
+
+    async def land(self, job: Job, expect: str) -> bool:
+        """Write a waiting line's outcome (`job`'s status, result, error, webhook) if its job
+        is still `expect` (deferred or submitted), and drop its line."""
+        ...
+
+    async def return_line(
+        self, job_id: str, reason: str, headers: dict[str, str] | None = None
+    ) -> bool:
+        """A submitted line its provider batch left unfinished: deferred again (to be
+        resubmitted), or with `headers`, queued again to run as a call."""
+        ...
+
+    async def cancel_deferred(self, batch_id: str) -> tuple[list[Line], list[str]]:
+        """Cancel the batch's deferred lines: those lines, and the submissions holding its
+        submitted ones (to be cancelled at the provider)."""
+        ...
+
+    async def request_cancel(self, submission_id: str) -> None: ...
 
     async def close(self) -> None: ...

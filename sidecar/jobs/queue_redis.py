@@ -24,8 +24,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from sidecar.jobs.model import Job, new_lease
+from sidecar.jobs.model import UNFINISHED, Job, new_lease
 from sidecar.jobs.queue import StoredFile
+from sidecar.jobs.queue_redis_lines import RedisLines
 from sidecar.jobs.redis_scripts import (
     CANCEL,
     CLAIM,
@@ -45,7 +46,7 @@ GROUP = "workers"
 STREAMS = 3  # priorities 0 (high), 1 (normal), 2 (low)
 
 
-class RedisQueue:
+class RedisQueue(RedisLines):
     def __init__(self, url: str, prefix: str = "llm-sidecar:{jobs}:") -> None:
         self.url = url
         self.p = prefix
@@ -63,6 +64,7 @@ class RedisQueue:
         self._take_webhooks = r.register_script(TAKE_WEBHOOKS)
         self._purge = r.register_script(PURGE)
         self._swap_batch = r.register_script(SWAP_BATCH)
+        self._register_lines()
         self.streams = [f"{prefix}stream:{p}" for p in range(STREAMS)]
         self._looked = 0.0  # monotonic time of the last look for silent workers
         self._cursors = ["0-0"] * STREAMS
@@ -210,7 +212,7 @@ class RedisQueue:
 
     async def batch_unfinished(self, batch_id: str) -> bool:
         key = f"{self.p}batch:{batch_id}:counts"
-        counts = await self._call(lambda: self._redis.hmget(key, ["queued", "running"]))
+        counts = await self._call(lambda: self._redis.hmget(key, list(UNFINISHED)))
         return any(int(n or 0) for n in counts)
 
     async def batch_counts(self, batch_id: str) -> dict[str, int]:

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 import orjson
 
-from sidecar.jobs.model import CANCELLED, FIELDS, QUEUED, TERMINAL, Job, new_lease
+from sidecar.jobs.model import CANCELLED, FIELDS, QUEUED, TERMINAL, UNFINISHED, Job, new_lease
 from sidecar.jobs.queue import StoredFile
+from sidecar.jobs.queue_sqlite_lines import OUTCOME, SqliteLines, outcome
+from sidecar.jobs.queue_sqlite_lines import SCHEMA as LINES_SCHEMA
 from sidecar.stores.state import StoreUnavailable
 
 T = TypeVar("T")
@@ -51,7 +53,7 @@ _INSERT = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len
 _FENCE = "WHERE id = ? AND lease = ? AND status = 'running'"
 
 
-class SqliteQueue:
+class SqliteQueue(SqliteLines):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
@@ -69,7 +71,7 @@ class SqliteQueue:
         db.execute("PRAGMA busy_timeout = 10000")  # other processes hold the lock briefly
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against process crashes
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + LINES_SCHEMA)
         self._db = db
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -139,6 +141,9 @@ class SqliteQueue:
             ).fetchone()
             return dict(row)
 
+    def _wake_workers(self) -> None:
+        self._wake.set()
+
     async def wait(self, at_most: float) -> None:
         try:
             await asyncio.wait_for(self._wake.wait(), at_most)
@@ -152,26 +157,8 @@ class SqliteQueue:
         return await self._call(self._one, sql, args) == 1
 
     async def settle(self, job: Job) -> bool:
-        row = job.to_row()
-        pending = job.webhook is not None and job.webhook.get("status") == "pending"
-        sql = (
-            "UPDATE jobs SET status = ?, status_code = ?, result = ?, error = ?, webhook = ?, "
-            "response_headers = ?, webhook_due = ?, finished_at = ?, lease = NULL, "
-            f"lease_until = NULL {_FENCE}"
-        )
-        now = time.time()
-        args = (
-            job.status,
-            job.status_code,
-            row["result"],
-            row["error"],
-            row["webhook"],
-            row["response_headers"],
-            now if pending else None,
-            now,
-            job.id,
-            job.lease,
-        )
+        sql = f"UPDATE jobs SET {OUTCOME}, lease = NULL, lease_until = NULL {_FENCE}"
+        args = (*outcome(job), job.id, job.lease)
         return await self._call(self._one, sql, args) == 1
 
     async def retry(self, job: Job, delay: float) -> bool:
@@ -249,7 +236,7 @@ class SqliteQueue:
     async def batch_unfinished(self, batch_id: str) -> bool:
         sql = (
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE batch_id = ? "
-            "AND status IN ('queued', 'running')) AS open"
+            f"AND status IN ({', '.join(repr(s) for s in UNFINISHED)})) AS open"
         )
         return bool((await self._call(self._rows, sql, (batch_id,)))[0]["open"])
 

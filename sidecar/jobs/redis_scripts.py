@@ -36,6 +36,17 @@ local function fenced(key, lease)
   if v[1] ~= 'running' or v[2] ~= lease then return nil end
   return v
 end
+-- Writes a job's outcome: `status`, then the fields from ARGV[from] on (name, value, ...;
+-- empty values skipped); a stand-alone job joins `finished`, a pending webhook `webhooks`.
+local function outcome(id, key, old, status, pending, from)
+  redis.call('HSET', key, 'status', status, 'finished_at', tostring(now))
+  if not redis.call('HGET', key, 'batch_id') then redis.call('ZADD', P .. 'finished', now, id) end
+  for i = from, #ARGV, 2 do
+    if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  end
+  if pending == '1' then redis.call('ZADD', P .. 'webhooks', now, id) end
+  move(id, key, old, status)
+end
 -- Ends a run that still holds `lease`: its stream entry and lease are gone. False when
 -- the lease was lost (the job was reclaimed): the caller must change nothing then.
 local function unlease(key, lease)
@@ -126,13 +137,7 @@ SETTLE = (
 local id = ARGV[3]
 local key = P .. 'job:' .. id
 if not unlease(key, ARGV[4]) then return 0 end
-redis.call('HSET', key, 'status', ARGV[5], 'finished_at', tostring(now))
-if not redis.call('HGET', key, 'batch_id') then redis.call('ZADD', P .. 'finished', now, id) end
-for i = 7, #ARGV, 2 do
-  if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-end
-if ARGV[6] == '1' then redis.call('ZADD', P .. 'webhooks', now, id) end
-move(id, key, 'running', ARGV[5])
+outcome(id, key, 'running', ARGV[5], ARGV[6], 7)
 return 1
 """
 )
