@@ -154,9 +154,9 @@ async def retrieve(request: web.Request) -> web.Response:
 @answered
 async def cancel(request: web.Request) -> web.Response:
     batch_id = request.match_info["batch_id"]
-    _, _, queue = context(request)
+    snapshot, _, queue = context(request)
     try:
-        batch = await batches.cancel(queue, batch_id)
+        batch = await batches.cancel(queue, batch_id, snapshot.state)
     except batches.BatchError as exc:
         raise InvalidRequest(str(exc), code="invalid_batch_state") from None
     if batch is None:

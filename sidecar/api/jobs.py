@@ -41,7 +41,10 @@ from sidecar.stores.state import StoreUnavailable
 
 # Headers a job keeps for the pipeline: identity and trace context, plus whatever headers
 # the policy's routes match on. Credentials never: `identify`'s hash of the key is kept.
-KEPT = frozenset({"x-sidecar-user", "x-sidecar-team", "traceparent", "tracestate"})
+# `x-sidecar-batch` (provider | sync) asks for a provider batch, or for none (jobs/defer.py).
+KEPT = frozenset(
+    {"x-sidecar-user", "x-sidecar-team", "x-sidecar-batch", "traceparent", "tracestate"}
+)
 NEVER = frozenset({"authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"})
 
 

@@ -15,22 +15,25 @@ from typing import Any
 
 import orjson
 
+from sidecar.jobs.lines import release_line
 from sidecar.jobs.model import (
     CANCELLED,
     CHAT_ENDPOINT,
     DEAD,
+    DEFERRED,
     EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
     FAILED,
     PRIORITIES,
-    QUEUED,
-    RUNNING,
+    SUBMITTED,
     SUCCEEDED,
+    UNFINISHED,
     Job,
     new_id,
 )
 from sidecar.jobs.queue import JobQueue, StoredFile
 from sidecar.shapes import CHAT_SHAPE, EMBEDDINGS_SHAPE, too_deep
+from sidecar.stores.state import State
 
 MAX_LINES = 50_000  # OpenAI's own limit per batch
 SHAPES = {CHAT_ENDPOINT: CHAT_SHAPE, EMBEDDINGS_ENDPOINT: EMBEDDINGS_SHAPE}
@@ -164,9 +167,28 @@ async def current(queue: JobQueue, batch_id: str) -> dict[str, Any] | None:
     counts = await queue.batch_counts(batch_id)
     total = batch["request_counts"]["total"]
     batch["request_counts"] = request_counts(counts, total)
-    if sum(counts.values()) < total or counts.get(QUEUED) or counts.get(RUNNING):
+    seen = await provider_batches(queue, batch_id, counts)
+    if seen is not None:
+        batch["provider_batches"] = seen
+    if sum(counts.values()) < total or any(counts.get(s) for s in UNFINISHED):
         return batch
     return await _finalize(queue, batch)
+
+
+async def provider_batches(
+    queue: JobQueue, batch_id: str, counts: Mapping[str, int]
+) -> dict[str, Any] | None:
+    """Where the lines that go through providers' batch APIs are: waiting to be submitted
+    (deferred), at a provider (submitted), and the provider batches that took them; None
+    for a batch none of whose lines went that way."""
+    taken = await queue.batch_submissions(batch_id)
+    if not taken and not counts.get(DEFERRED):
+        return None
+    return {
+        "deferred": counts.get(DEFERRED, 0),
+        "submitted": counts.get(SUBMITTED, 0),
+        "batches": [s.view() for s in taken],
+    }
 
 
 async def _finalize(queue: JobQueue, batch: dict[str, Any]) -> dict[str, Any] | None:
@@ -175,6 +197,9 @@ async def _finalize(queue: JobQueue, batch: dict[str, Any]) -> dict[str, Any] | 
     errors = [_line(job) for job in jobs if job.status != SUCCEEDED]
     now = int(time.time())
     final = {**batch, "finalizing_at": now, "usage": _usage(jobs)}
+    seen = await provider_batches(queue, batch["id"], {})
+    if seen is not None:
+        final["provider_batches"] = seen
     for kind, lines in (("output", output), ("error", errors)):
         if not lines:
             continue
@@ -197,7 +222,10 @@ async def _finalize(queue: JobQueue, batch: dict[str, Any]) -> dict[str, Any] | 
     return await queue.get_batch(batch["id"])  # another finalizer won
 
 
-async def cancel(queue: JobQueue, batch_id: str) -> dict[str, Any] | None:
+async def cancel(queue: JobQueue, batch_id: str, state: State) -> dict[str, Any] | None:
+    """Queued and deferred lines are cancelled (a deferred line's budget hold goes back to
+    `state`); the provider batches holding submitted ones are asked to cancel, and their
+    lines are cancelled as the answers come back (those answered before stay answered)."""
     batch = await queue.get_batch(batch_id)
     if batch is None:
         return None
@@ -208,6 +236,11 @@ async def cancel(queue: JobQueue, batch_id: str) -> dict[str, Any] | None:
     cancelling = {**batch, "status": "cancelling", "cancelling_at": int(time.time())}
     await queue.swap_batch(cancelling, expect=batch["status"])
     await queue.cancel_batch(batch_id)
+    lines, held = await queue.cancel_deferred(batch_id)
+    for line in lines:
+        await release_line(state, line)
+    for submission in held:
+        await queue.request_cancel(submission)
     return await current(queue, batch_id)
 
 

@@ -44,6 +44,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("file", type=Path)
     submit.add_argument("--endpoint", help="default: the lines' url, else chat completions")
     submit.add_argument("--window", default="24h", help="completion window (default 24h)")
+    submit.add_argument(
+        "--provider-batch",
+        choices=("provider", "sync"),
+        help="ask for the providers' batch APIs, or for calls (routes with `batch:` decide)",
+    )
     submit.add_argument("--wait", action="store_true", help="show progress until done")
     submit.add_argument("-o", "--output", type=Path, help="with --wait: write results here")
     status = actions.add_parser("status", help="a batch (batch_...) or job (job_...)")
@@ -62,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "submit":
             return asyncio.run(
                 client.submit(
-                    args.url, args.file, args.endpoint, args.window, args.wait, args.output
+                    args.url,
+                    args.file,
+                    args.endpoint,
+                    args.window,
+                    args.wait,
+                    args.output,
+                    args.provider_batch,
                 )
             )
         if args.action == "status":

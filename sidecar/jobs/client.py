@@ -59,8 +59,24 @@ def progress(batch: dict[str, Any], started: float, out: TextIO) -> None:
         f"({batch.get('status')})"
     )
     end = "\r" if out.isatty() else "\n"
-    out.write(line + end)
+    out.write(line + at_providers(batch) + end)
     out.flush()
+
+
+def at_providers(batch: dict[str, Any]) -> str:
+    """Where lines going through providers' batch APIs are, for the progress line."""
+    seen = batch.get("provider_batches") or {}
+    parts = []
+    if seen.get("deferred"):
+        parts.append(f"{seen['deferred']} waiting for a provider batch")
+    if seen.get("submitted"):
+        open_ = [b for b in seen.get("batches") or () if b.get("finished_at") is None]
+        where = ", ".join(
+            f"{b['provider']} {b.get('provider_batch_id') or '(submitting)'} {b['status']}"
+            for b in open_
+        )
+        parts.append(f"{seen['submitted']} at {where or 'a provider'}")
+    return f"  [{'; '.join(parts)}]" if parts else ""
 
 
 class Client:
@@ -104,7 +120,13 @@ class Client:
 
 
 async def submit(
-    url: str, path: Path, endpoint: str | None, window: str, wait: bool, output: Path | None
+    url: str,
+    path: Path,
+    endpoint: str | None,
+    window: str,
+    wait: bool,
+    output: Path | None,
+    provider_batch: str | None = None,
 ) -> int:
     content, endpoint = batch_lines(await asyncio.to_thread(path.read_bytes), endpoint)
     async with Client(url) as client:
@@ -116,6 +138,7 @@ async def submit(
             "POST",
             "/batches",
             json={"input_file_id": file["id"], "endpoint": endpoint, "completion_window": window},
+            headers={"x-sidecar-batch": provider_batch} if provider_batch else None,
         )
         print(batch["id"])
         if batch["status"] == "failed":

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from sidecar.errors import SidecarError
 from sidecar.jobs.model import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.run import finish, run
+from sidecar.pipeline.run import Deferral, Deferred, finish, run
 from sidecar.providers.base import CHAT, EMBEDDINGS
 from sidecar.runtime import Snapshot
 from sidecar.telemetry.recorder import OPERATION
@@ -32,10 +32,32 @@ class Outcome:
     body: bytes
     retry_after: float | None = None
     headers: dict[str, str] = field(default_factory=dict)  # the x-sidecar-* a client would see
+    deferred: bool = False  # waiting for a provider batch: nothing to write now
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+
+WAITING = Outcome(202, b"", deferred=True)
+
+
+def job_context(
+    snapshot: Snapshot,
+    operation: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    app_key: str | None,
+) -> RequestContext:
+    """A job's request as the pipeline sees it: its caller's identity, at priority low.
+
+    `app_key` is the caller's key hash as `identify` made it when the job was submitted:
+    the bearer token itself is never stored with a job."""
+    request_headers = CIMultiDict(headers)
+    request_headers["x-sidecar-priority"] = "low"
+    ctx = RequestContext(operation, body, request_headers, snapshot, client_body=body)
+    ctx.app_key = app_key
+    return ctx
 
 
 async def execute(
@@ -45,23 +67,23 @@ async def execute(
     headers: Mapping[str, str],
     app_key: str | None = None,
     job_id: str | None = None,
+    deferral: Deferral | None = None,
 ) -> Outcome:
     """One request, start to end; never raises a `SidecarError` (it becomes the outcome).
-
-    `app_key` is the caller's key hash as `identify` made it when the job was submitted:
-    the bearer token itself is never stored with a job."""
-    request_headers = CIMultiDict(headers)
-    request_headers["x-sidecar-priority"] = "low"
-    ctx = RequestContext(operation, body, request_headers, snapshot, client_body=body)
-    ctx.app_key = app_key
+    With a `deferral`, it may stop before dispatch to wait for a provider batch: `WAITING`
+    (its metrics are recorded when its answer lands)."""
+    ctx = job_context(snapshot, operation, body, headers, app_key)
     name = f"{OPERATION.get(operation, operation)} {body.get('model')}"
-    with snapshot.telemetry.server_span(request_headers, name) as span:
+    with snapshot.telemetry.server_span(ctx.headers, name) as span:
         if span is not None and job_id is not None:
             span.set_attribute("sidecar.job.id", job_id)
         status, error = 500, "internal"
         try:
             try:
-                reply = await run(ctx)
+                reply = await run(ctx, deferral)
+            except Deferred:
+                status = 0
+                return WAITING
             except SidecarError as exc:
                 status, error = exc.status, exc.code
                 return Outcome(exc.status, exc.body(), exc.retry_after, ctx.response_headers())
@@ -72,4 +94,5 @@ async def execute(
             try:  # a job cancelled at shutdown is still accounted (the sidecar drains it)
                 await asyncio.shield(finish(ctx).done)
             finally:
-                observe(ctx, span, status, error)
+                if status:
+                    observe(ctx, span, status, error)

@@ -6,6 +6,7 @@ back to the queue first); other settings apply from the next job on. Without a `
 section nothing is opened and the jobs API answers 404. It also sweeps for webhooks
 left `pending` by a process that stopped before delivering them, and deletes finished jobs
 older than `jobs.retention`, so the queue's file or Redis memory does not grow for ever.
+Where workers run, so does the submitter of provider batches (jobs/provider_batches.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from sidecar.jobs.backends import open_queue
+from sidecar.jobs.provider_batches import ProviderBatches
 from sidecar.jobs.queue import JobQueue
 from sidecar.jobs.webhooks import Webhooks
 from sidecar.jobs.worker import Workers
@@ -42,6 +44,7 @@ class JobsRuntime:
         self.queue: JobQueue | None = None
         self.webhooks: Webhooks | None = None
         self.workers: Workers | None = None
+        self.submitter: ProviderBatches | None = None  # provider batches, beside the workers
         self._follower: asyncio.Task[None] | None = None
         self._swept = float("-inf")  # the first tick sweeps
         self._lock = asyncio.Lock()
@@ -75,8 +78,7 @@ class JobsRuntime:
                 return
             moved = (config and config.queue_key) != (old and old.queue_key)
             if self.workers is not None and (moved or self._count(config) != self.workers.count):
-                await self.workers.stop(grace=5.0)
-                self.workers = None
+                await self._stop_workers(grace=5.0)
             if moved or self.queue is None:
                 await self._close_queue()
                 if config is not None:
@@ -92,7 +94,17 @@ class JobsRuntime:
             if self.workers is None and self.queue is not None and self.webhooks and count:
                 self.workers = Workers(self.holder, self.queue, self.webhooks, count)
                 self.workers.start()
+                self.submitter = ProviderBatches(self.holder, self.queue, self.webhooks)
+                self.submitter.start()
                 log.info("jobs: %d worker(s) running", count)
+
+    async def _stop_workers(self, grace: float) -> None:
+        if self.submitter is not None:
+            await self.submitter.stop()
+            self.submitter = None
+        if self.workers is not None:
+            await self.workers.stop(grace)
+            self.workers = None
 
     async def sweep_webhooks(self) -> None:
         self._swept = time.monotonic()
@@ -143,9 +155,7 @@ class JobsRuntime:
                 await self._follower
             self._follower = None
         async with self._lock:
-            if self.workers is not None:
-                await self.workers.stop(grace)
-                self.workers = None
+            await self._stop_workers(grace)
 
     async def close(self) -> None:
         """Webhooks in flight get a moment, then the queue closes (after the API stopped)."""

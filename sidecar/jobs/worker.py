@@ -1,4 +1,5 @@
 """Workers: claim a job, run it through the pipeline, settle it — and nothing twice.
+(A job on a route with `batch:` may instead be deferred for a provider batch: jobs/defer.py.)
 
 Each worker is one task looping claim → execute → settle. While a job runs, its lease is
 renewed every third of the visibility timeout; if a renewal is refused (the worker was
@@ -27,6 +28,7 @@ from typing import Any
 import orjson
 
 from sidecar.jobs import batches
+from sidecar.jobs.defer import ProviderDeferral
 from sidecar.jobs.execute import OPERATIONS, Outcome, execute
 from sidecar.jobs.model import DEAD, FAILED, SUCCEEDED, Job
 from sidecar.jobs.queue import JobQueue
@@ -61,6 +63,25 @@ def backoff(config: JobsConfig, attempts: int, retry_after: float | None) -> flo
     pause = min(MAX_BACKOFF, config.retry_backoff * 2 ** max(0, attempts - 1))
     pause *= 0.5 + random.random() / 2  # spread retries of a failed burst
     return max(pause, retry_after or 0.0)
+
+
+def ending(job: Job, status: str, code: int | None, error: dict[str, Any] | None) -> None:
+    """Fill in a job's outcome, before the write that makes it final."""
+    job.status, job.status_code, job.error = status, code, error
+    job.finished_at = time.time()
+    if job.callback_url is not None:
+        job.webhook = {"status": "pending", "attempts": 0, "last_status": None}
+
+
+async def ended(queue: JobQueue, webhooks: Webhooks, job: Job, config: JobsConfig) -> None:
+    """After a job's outcome was written: its webhook, and its batch's output once it is
+    the last line to finish."""
+    if job.status != SUCCEEDED:
+        log.info("job %s: %s (%s)", job.id, job.status, (job.error or {}).get("code"))
+    if job.callback_url is not None:
+        webhooks.send(job, config)
+    if job.batch_id is not None and not await queue.batch_unfinished(job.batch_id):
+        await batches.current(queue, job.batch_id)  # the last job finalizes
 
 
 class Workers:
@@ -133,9 +154,16 @@ class Workers:
             message = f"endpoint {job.endpoint} cannot run"
             await self._settle(job, FAILED, None, _error(message, "invalid_endpoint"), config)
             return
+        deferral = ProviderDeferral(self.queue, job)  # on routes with `batch:`
         task = asyncio.create_task(
             execute(
-                snapshot, OPERATIONS[job.endpoint], job.request, job.headers, job.app_key, job.id
+                snapshot,
+                OPERATIONS[job.endpoint],
+                job.request,
+                job.headers,
+                job.app_key,
+                job.id,
+                deferral,
             )
         )
         try:
@@ -148,7 +176,7 @@ class Workers:
                 await self.queue.release(job)
                 log.info("job %s: returned to the queue at shutdown", job.id)
             raise
-        if outcome is not None:
+        if outcome is not None and not outcome.deferred:  # deferred: the line's now
             await self._record(job, outcome, config)
 
     async def _supervise(
@@ -210,19 +238,11 @@ class Workers:
         error: dict[str, Any] | None,
         config: JobsConfig,
     ) -> None:
-        job.status, job.status_code, job.error = status, code, error
-        job.finished_at = time.time()
-        if job.callback_url is not None:
-            job.webhook = {"status": "pending", "attempts": 0, "last_status": None}
+        ending(job, status, code, error)
         if not await self.queue.settle(job):
             log.warning("job %s: lease lost before its result was written; discarded", job.id)
             return
-        if status != SUCCEEDED:
-            log.info("job %s: %s (%s)", job.id, status, (error or {}).get("code"))
-        if job.callback_url is not None:
-            self.webhooks.send(job, config)
-        if job.batch_id is not None and not await self.queue.batch_unfinished(job.batch_id):
-            await batches.current(self.queue, job.batch_id)  # the last job finalizes
+        await ended(self.queue, self.webhooks, job, config)
 
     async def stop(self, grace: float) -> None:
         self._stopping.set()

@@ -262,6 +262,8 @@ def note_output(ctx: RequestContext) -> None:
 
 
 def _hold_ttl(ctx: RequestContext) -> float:
+    if ctx.hold_for is not None:  # a line that waits for a provider batch
+        return ctx.hold_for
     return (ctx.route.timeout if ctx.route else 120.0) + 60.0
 
 

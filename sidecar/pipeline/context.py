@@ -65,6 +65,9 @@ class RequestContext:
     purpose: str = ANSWER  # what the next call charged is for (after a discard: a retry)
     trimmed_tokens: int = 0  # input tokens removed before sending
     ledger: Ledger | None = None  # tallied in `finish`
+    # provider batches (jobs/defer.py, jobs/land.py)
+    hold_for: float | None = None  # how long a budget hold must last, when not the route's
+    batched: bool = False  # the next answer charged came through a provider batch
 
     @property
     def deadline(self) -> float:

@@ -141,7 +141,8 @@ def _charge(
     ctx.cached_tokens += cached
     ctx.usage_known = known if first else (ctx.usage_known and known)
     if ctx.answered_by is not None:
-        charge(ctx, ctx.answered_by, input_tokens, output_tokens, cached, written)
+        batch, ctx.batched = ctx.batched, False  # a provider batch's answer: only the first
+        charge(ctx, ctx.answered_by, input_tokens, output_tokens, cached, written, batch=batch)
 
 
 def _answer_text(answer: Any) -> str:

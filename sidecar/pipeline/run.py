@@ -9,6 +9,10 @@
       answer's last byte waits for these two — then account (usage, spend, holds,
       token-rate corrections)
 
+A job line that may wait for a provider batch (jobs/defer.py) comes with a `Deferral`: it
+runs the stages up to dispatch, then is handed over instead of dispatched (`Deferred`);
+when its provider batch answers, `resume` runs the stages after dispatch on its answer.
+
 Each stage is a plain function over the request context, so adding one is one line here.
 `finish` runs from the handler's `finally` (api/proxy.py, jobs/execute.py) whatever
 happened, so every reservation admission makes is settled or released; it runs in a task
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Protocol
 
 from sidecar.errors import SidecarError
 from sidecar.pipeline.account import record
@@ -34,22 +39,53 @@ from sidecar.pipeline.route import route
 from sidecar.pipeline.validate import validate
 from sidecar.providers.base import Reply
 
-__all__ = ["Ending", "finish", "run"]
+__all__ = ["Deferral", "Deferred", "Ending", "finish", "resume", "run"]
 
 
-async def run(ctx: RequestContext) -> Reply:
+class Deferral(Protocol):
+    """A job line that may wait for a provider batch instead of being dispatched."""
+
+    def plan(self, ctx: RequestContext) -> bool:
+        """After routing: will it wait (then its budget hold must last as long)?"""
+        ...
+
+    async def hand_over(self, ctx: RequestContext) -> None:
+        """Before dispatch: store it for its provider batch and raise `Deferred`, or
+        return (no target can take it now) to have it dispatched."""
+        ...
+
+
+class Deferred(Exception):  # an outcome, not an error
+    """The line waits for a provider batch; its answer comes back through `resume`."""
+
+
+async def run(ctx: RequestContext, deferral: Deferral | None = None) -> Reply:
     identify(ctx)
     route(ctx)
+    if deferral is not None and not deferral.plan(ctx):
+        deferral = None
     await admit(ctx)
     hit = await lookup(ctx)
     if hit is not None:
         return hit
     try:
         enforce(ctx)
+        if deferral is not None:
+            await deferral.hand_over(ctx)
         reply = await dispatch(ctx)
-        reply = await validate(ctx, reply)
     except SidecarError as exc:
         land(ctx, exc)  # identical requests waiting on this one's answer share its failure
+        raise
+    return await resume(ctx, reply)
+
+
+async def resume(ctx: RequestContext, reply: Reply) -> Reply:
+    """The stages after dispatch, on an answer: a dispatched one, or a deferred line's from
+    its provider batch (jobs/land.py rebuilt its context: route, hold, cache key, model)."""
+    try:
+        reply = await validate(ctx, reply)
+    except SidecarError as exc:
+        land(ctx, exc)
         raise
     reply = remember(ctx, reply)
     return meter(ctx, reply)

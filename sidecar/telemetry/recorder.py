@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, Scope
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from sidecar.telemetry.batch_lines import LineGauges
 from sidecar.telemetry.budgets import BudgetGauges
 from sidecar.telemetry.export import MetricExport
 from sidecar.telemetry.instruments import Counter, ExplicitHistogram, SumOf
@@ -117,6 +118,9 @@ class Telemetry:
             "sidecar.cache.saved", "USD", "What cache hits saved: their answers' first cost"
         )
         self.outputs = Counter("sidecar.output.validations", "{output}")
+        self.batch_finished = Counter(
+            "sidecar.batch.lines.finished", "{line}", "Provider batch lines landed, by outcome"
+        )
         self._own: list[Counter | ExplicitHistogram] = [
             v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)
         ]
@@ -138,6 +142,19 @@ class Telemetry:
             callbacks=[self.budgets.observe_remaining],
             unit="USD",
             description="Limit minus spent and held in the budget's current window",
+        )
+        self.batch_lines = LineGauges()
+        meter.create_observable_gauge(
+            "sidecar.batch.lines",
+            callbacks=[self.batch_lines.observe_count],
+            unit="{line}",
+            description="Lines waiting for a provider batch (deferred) or in one (submitted)",
+        )
+        meter.create_observable_gauge(
+            "sidecar.batch.line.age",
+            callbacks=[self.batch_lines.observe_age],
+            unit="s",
+            description="How long the oldest deferred (or submitted) line has waited",
         )
         # Budget gauges are read from the store at least as often as metrics are exported.
         self.refresh_every = min(10.0, providers.export_interval)
