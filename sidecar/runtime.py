@@ -125,6 +125,7 @@ class Runtime:
             await self.telemetry.budgets.refresh(snap.policy.budgets, snap.state)
 
     async def close(self) -> None:
+        await self.stores.micro_batches.close()
         await self.pool.close()
         await self.stores.caches.close()
         await self._closer.wait()

@@ -189,7 +189,13 @@ async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
     timeout = max(0.0, min(timeout, ctx.deadline - time.monotonic()))
     try:
         async with asyncio.timeout(timeout):
-            reply = await provider.send(Call(EMBEDDINGS, {"input": text}, model.upstream, False))
+            call = Call(EMBEDDINGS, {"input": text}, model.upstream, False)
+            if model.embeddings is None:
+                reply = await provider.send(call)
+            else:  # with other requests' lookups, as one call
+                reply = await ctx.snapshot.stores.micro_batches.send(
+                    provider, call, model.embeddings
+                )
         answer = orjson.loads(reply.body)
         raw = answer["data"][0]["embedding"]
     except TimeoutError:

@@ -142,9 +142,13 @@ async def _attempt(
         answered_ok = False
         try:
             async with asyncio.timeout(budget):
-                reply = await provider.send(
-                    Call(ctx.operation, ctx.body, model.upstream, ctx.stream, ctx.native)
-                )
+                call = Call(ctx.operation, ctx.body, model.upstream, ctx.stream, ctx.native)
+                if model.embeddings is None:
+                    reply = await provider.send(call)
+                else:  # merged with concurrent calls for the same model
+                    reply = await ctx.snapshot.stores.micro_batches.send(
+                        provider, call, model.embeddings
+                    )
                 if reply.events is not None:
                     await _first_event(reply)
             answered_ok = True

@@ -9,6 +9,7 @@ from sidecar.stores.answer_sizes import AnswerSizes
 from sidecar.stores.breakers import Breakers
 from sidecar.stores.caches import Caches
 from sidecar.stores.lines import Lines
+from sidecar.stores.micro_batches import MicroBatches
 from sidecar.stores.settlements import Settlements
 from sidecar.stores.validators import Validators
 
@@ -24,3 +25,4 @@ class Stores:
     lines: Lines = field(default_factory=Lines)
     settlements: Settlements = field(default_factory=Settlements)
     answer_sizes: AnswerSizes = field(default_factory=AnswerSizes)
+    micro_batches: MicroBatches = field(default_factory=MicroBatches)  # embeddings calls
