@@ -74,6 +74,14 @@ ROWS = (
     # Static selection: everything to the small model. Not in "all together": it fails
     # the quality bar (issue 18's verified cascades replace it).
     Row("small model for all", {"routes": {"assistant": {"targets": ["mini"]}}}, False),
+    # Batch lines through the provider's Message Batches API, grouped per model (issue 20).
+    Row(
+        "provider batches",
+        {
+            "routes": {"assistant": {"batch": {"mode": "provider", "max_wait": "200ms"}}},
+            "jobs": {"batch_poll": "100ms"},
+        },
+    ),
 )
 
 
@@ -99,6 +107,7 @@ def base_policy(fake_port: int) -> dict[str, Any]:
             "output": p.output,
             "cached_input": p.cached_input,
             "cache_write": p.cache_write,
+            "batch": p.batch,
         }
 
     fake = f"http://127.0.0.1:{fake_port}"
