@@ -420,3 +420,32 @@ async def test_a_provider_batch_that_fails_validation_fails_the_lines_it_names(
     # The others were not at fault: they ran as calls (`unfinished: sync`, the default).
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
     assert len(upstream.calls("gpt-up")) == 2
+
+
+async def test_embeddings_lines_go_through_openais_batch_api_too(
+    sidecars: Sidecars, upstream: FakeOpenAI, upstream_anthropic: FakeAnthropic, ends_at_once: None
+) -> None:
+    sidecar = await sidecars.start(policy(upstream, upstream_anthropic))
+    entries = [
+        {
+            "custom_id": f"e{n}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "cheap", "input": ["x" * (n + 1)]},
+        }
+        for n in range(2)
+    ]
+    async with sdk_for(sidecar) as sdk:
+        content = b"\n".join(orjson.dumps(x) for x in entries)
+        uploaded = await sdk.files.create(file=("in.jsonl", content), purpose="batch")
+        batch = await sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        done = await finished(sdk, batch.id)
+        results = await outputs(sdk, done)
+    (made,) = upstream.batches.made.values()
+    assert made.endpoint == "/v1/embeddings"
+    assert {x["url"] for x in made.lines} == {"/v1/embeddings"}
+    vectors = {k: v["response"]["body"]["data"][0]["embedding"] for k, v in results.items()}
+    assert vectors == {"e0": [1.0, 1.0, 0.0], "e1": [2.0, 1.0, 0.0]}
+    assert not upstream.calls()
