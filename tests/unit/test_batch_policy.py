@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sidecar.jobs.provider_batches import pause
 from sidecar.pipeline.pricing import cost_usd
 from sidecar.policy.compile import load_folder
-from sidecar.policy.model import BatchPolicy, MicroBatch, Price
+from sidecar.policy.model import BatchPolicy, JobsConfig, MicroBatch, Price
 from tests.unit.policy_files import problems, write
 
 POLICY = """\
@@ -73,3 +74,10 @@ def test_wrong_batching_keys_are_reported_on_their_lines(tmp_path: Path) -> None
         "p.yaml:9: routes.r.batch: no definitions validate",
         "p.yaml:10: routes.s.batch: no definitions validate",
     ]
+
+
+def test_polls_back_off_while_nothing_changes_and_wait_out_retry_after() -> None:
+    config = JobsConfig(batch_poll=30.0, batch_poll_max=600.0)
+    assert [pause(config, n) for n in range(6)] == [30.0, 60.0, 120.0, 240.0, 480.0, 600.0]
+    assert pause(config, 0, retry_after=90.0) == 90.0
+    assert pause(config, 5, retry_after=90.0) == 600.0
