@@ -27,7 +27,7 @@ _CL100K_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++"""
     r"""[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
-_IMAGE_TOKENS = 765  # a 512x512 tile and the base, a middle guess for an image part
+IMAGE_TOKENS = 765  # a 512x512 tile and the base, a middle guess for an image part
 
 
 class _Encoder:
@@ -85,24 +85,31 @@ def estimate_request(body: Mapping[str, Any]) -> int:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         return sum(_size(i) for i in items) // 4 + 1
-    total = 3
-    for m in messages:
-        if not isinstance(m, dict):
-            continue
-        total += 4
-        content = m.get("content")
-        if isinstance(content, str):
-            total += len(content) // 4
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    total += _IMAGE_TOKENS
-                elif isinstance(part, dict):
-                    total += len(str(part.get("text", ""))) // 4
-        for call in m.get("tool_calls") or ():
-            total += len(str(call)) // 4
-    if body.get("tools"):
-        total += len(str(body["tools"])) // 4
+    return request_overhead(body) + sum(estimate_message(m) for m in messages)
+
+
+def request_overhead(body: Mapping[str, Any]) -> int:
+    """What a chat request costs besides its messages: the reply's priming and the tools."""
+    tools = body.get("tools")
+    return 3 + (len(str(tools)) // 4 if tools else 0)
+
+
+def estimate_message(m: Any) -> int:
+    """One chat message: its text at 4 characters a token, plus 4 for its framing."""
+    if not isinstance(m, dict):
+        return 0
+    total = 4
+    content = m.get("content")
+    if isinstance(content, str):
+        total += len(content) // 4
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                total += IMAGE_TOKENS
+            elif isinstance(part, dict):
+                total += len(str(part.get("text", ""))) // 4
+    for call in m.get("tool_calls") or ():
+        total += len(str(call)) // 4
     return total
 
 

@@ -40,17 +40,18 @@ def request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _request(body: Mapping[str, Any]) -> dict[str, Any]:
+    marks = _Marks()
     messages: list[dict[str, Any]] = []
     if body.get("system"):
-        messages.append({"role": "system", "content": _text(body["system"])})
+        messages.append({"role": "system", "content": _system(body["system"], marks)})
     for m in body["messages"]:
         role, content = m.get("role"), m.get("content")
         if isinstance(content, str):
             messages.append({"role": role, "content": content})
         elif role == "assistant":
-            messages.append(_assistant(content))
+            messages.append(_assistant(content, marks))
         else:
-            messages.extend(_user(content))
+            messages.extend(_user(content, marks))
     out: dict[str, Any] = {
         "model": body["model"],
         "messages": messages,
@@ -63,14 +64,17 @@ def _request(body: Mapping[str, Any]) -> dict[str, Any]:
         out["stop"] = list(body["stop_sequences"])
     if body.get("tools"):
         out["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t["name"],
-                    "description": t.get("description", ""),
-                    "parameters": t.get("input_schema") or {"type": "object"},
+            marks.keep(
+                t,
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t["name"],
+                        "description": t.get("description", ""),
+                        "parameters": t.get("input_schema") or {"type": "object"},
+                    },
                 },
-            }
+            )
             for t in body["tools"]
         ]
     choice = body.get("tool_choice")
@@ -89,10 +93,40 @@ def _request(body: Mapping[str, Any]) -> dict[str, Any]:
     carried = {k: body[k] for k in _CARRIED if k in body}
     if carried:
         out["x_anthropic"] = carried
+    if marks.carried:
+        out["x_cache_control"] = True  # an OpenAI-compatible egress drops them
     if body.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}  # Anthropic streams always report usage
     return out
+
+
+class _Marks:
+    """The app's own prompt-cache breakpoints (`cache_control`), carried into the internal
+    shape where the Anthropic egress finds them again: on content parts, tools, tool calls
+    and tool messages."""
+
+    __slots__ = ("carried",)
+
+    def __init__(self) -> None:
+        self.carried = False
+
+    def keep(self, block: Mapping[str, Any], into: dict[str, Any]) -> dict[str, Any]:
+        if "cache_control" in block:
+            into["cache_control"] = block["cache_control"]
+            self.carried = True
+        return into
+
+
+def _system(content: Any, marks: _Marks) -> Any:
+    """A system prompt as one text, or as its text blocks when the app marked one."""
+    if isinstance(content, str) or not any("cache_control" in b for b in content or ()):
+        return _text(content)
+    return [
+        marks.keep(b, {"type": "text", "text": b.get("text", "")})
+        for b in content
+        if b.get("type") == "text"
+    ]
 
 
 def _text(content: Any) -> str:
@@ -101,14 +135,28 @@ def _text(content: Any) -> str:
     return "\n".join(b.get("text", "") for b in content or [] if b.get("type") == "text")
 
 
-def _assistant(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": _text(blocks) or None}
+def _assistant(blocks: list[dict[str, Any]], marks: _Marks) -> dict[str, Any]:
+    marked = [b for b in blocks if b.get("type") == "text" and "cache_control" in b]
+    content: Any = _text(blocks) or None
+    if marked:
+        content = [
+            marks.keep(b, {"type": "text", "text": b.get("text", "")})
+            for b in blocks
+            if b.get("type") == "text"
+        ]
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     calls = [
-        {
-            "id": b["id"],
-            "type": "function",
-            "function": {"name": b["name"], "arguments": orjson.dumps(b.get("input", {})).decode()},
-        }
+        marks.keep(
+            b,
+            {
+                "id": b["id"],
+                "type": "function",
+                "function": {
+                    "name": b["name"],
+                    "arguments": orjson.dumps(b.get("input", {})).decode(),
+                },
+            },
+        )
         for b in blocks
         if b.get("type") == "tool_use"
     ]
@@ -117,7 +165,7 @@ def _assistant(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     return message
 
 
-def _user(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _user(blocks: list[dict[str, Any]], marks: _Marks) -> list[dict[str, Any]]:
     """Tool results become `tool` messages (OpenAI wants them right after the call)."""
     out: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
@@ -125,14 +173,17 @@ def _user(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = b.get("type")
         if kind == "tool_result":
             out.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": b.get("tool_use_id", ""),
-                    "content": _text(b.get("content")),
-                }
+                marks.keep(
+                    b,
+                    {
+                        "role": "tool",
+                        "tool_call_id": b.get("tool_use_id", ""),
+                        "content": _text(b.get("content")),
+                    },
+                )
             )
         elif kind == "text":
-            parts.append({"type": "text", "text": b.get("text", "")})
+            parts.append(marks.keep(b, {"type": "text", "text": b.get("text", "")}))
         elif kind == "image":
             src = b.get("source") or {}
             url = (
@@ -140,7 +191,7 @@ def _user(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if src.get("type") == "url"
                 else f"data:{src.get('media_type')};base64,{src.get('data')}"
             )
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append(marks.keep(b, {"type": "image_url", "image_url": {"url": url}}))
         else:
             raise InvalidRequest(
                 f"content block '{kind}' is not supported", code="unsupported_content"

@@ -239,7 +239,9 @@ def _held_output(ctx: RequestContext) -> tuple[int, str]:
     body = ctx.body
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(asked, int | float) and asked > 0:
-        return int(asked), "its max_tokens"  # the provider stops there: a true worst case
+        # The provider stops there: a true worst case (the route's cap, when it set one).
+        why = "the route's max_output_tokens" if ctx.output_capped else "its max_tokens"
+        return int(asked), why
     assert ctx.route is not None
     high = ctx.snapshot.stores.answer_sizes.high(ctx.route.name)
     if high is not None:

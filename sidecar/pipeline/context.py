@@ -68,6 +68,10 @@ class RequestContext:
     # provider batches (jobs/defer.py, jobs/land.py)
     hold_for: float | None = None  # how long a budget hold must last, when not the route's
     batched: bool = False  # the next answer charged came through a provider batch
+    # prepare (pipeline/prepare.py)
+    trimmed_messages: int = 0  # x-sidecar-trimmed
+    trim_chars: tuple[int, int] | None = None  # characters (removed, sent), to price the trim
+    output_capped: bool = False  # max_tokens is the route's max_output_tokens
 
     @property
     def deadline(self) -> float:
@@ -99,4 +103,6 @@ class RequestContext:
             headers["x-sidecar-output"] = self.output
         if self.downgraded_by is not None:
             headers["x-sidecar-downgraded"] = self.downgraded_by
+        if self.trimmed_messages:
+            headers["x-sidecar-trimmed"] = str(self.trimmed_messages)
         return headers

@@ -142,7 +142,14 @@ async def _attempt(
         answered_ok = False
         try:
             async with asyncio.timeout(budget):
-                call = Call(ctx.operation, ctx.body, model.upstream, ctx.stream, ctx.native)
+                call = Call(
+                    ctx.operation,
+                    ctx.body,
+                    model.upstream,
+                    ctx.stream,
+                    ctx.native,
+                    target.prompt_cache,
+                )
                 if model.embeddings is None:
                     reply = await provider.send(call)
                 else:  # merged with concurrent calls for the same model

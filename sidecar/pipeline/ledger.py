@@ -76,6 +76,7 @@ class Spend:
     purpose: str  # ANSWER, or what the extra call was for
     batch: bool  # sent through the provider's batch API
     cost: float  # USD, as charged
+    written_1h: int = 0  # of `written`, to Anthropic's hour-long cache
 
 
 @dataclass(slots=True)
@@ -105,11 +106,20 @@ def charge(
     *,
     purpose: str | None = None,
     batch: bool = False,
+    written_1h: int = 0,
 ) -> Spend:
     """Record one paid call and add its cost to the request's."""
-    cost = cost_usd(model.price, input_tokens, output_tokens, cached, written, batch)
+    cost = cost_usd(model.price, input_tokens, output_tokens, cached, written, batch, written_1h)
     spend = Spend(
-        model, input_tokens, output_tokens, cached, written, purpose or ctx.purpose, batch, cost
+        model,
+        input_tokens,
+        output_tokens,
+        cached,
+        written,
+        purpose or ctx.purpose,
+        batch,
+        cost,
+        written_1h,
     )
     ctx.spend.append(spend)
     ctx.cost_usd = cost if ctx.cost_usd is None else ctx.cost_usd + cost
@@ -186,7 +196,14 @@ def tally(ctx: RequestContext) -> Ledger:
             listed -= saved[_TRIM]
         unbatched = listed
         if answer.cached or answer.written:
-            unbatched = cost_usd(price, tokens_in, tokens_out, answer.cached, answer.written)
+            unbatched = cost_usd(
+                price,
+                tokens_in,
+                tokens_out,
+                answer.cached,
+                answer.written,
+                written_1h=answer.written_1h,
+            )
             saved[_PROMPT_CACHE] = listed - unbatched
         if answer.batch:
             saved[_BATCH] = unbatched - answer.cost

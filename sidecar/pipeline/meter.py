@@ -13,6 +13,7 @@ import orjson
 
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.ledger import charge
+from sidecar.pipeline.prepare import priced_trim
 from sidecar.policy.model import Model
 from sidecar.providers.base import Events, Reply
 from sidecar.tokens import count_text, estimate_request
@@ -98,7 +99,7 @@ def charge_unused(ctx: RequestContext, model: Model, body: bytes | None, purpose
         except (orjson.JSONDecodeError, AttributeError):
             usage = None
     if isinstance(usage, dict) and usage:
-        charge(ctx, model, *_counts(usage), purpose=purpose)
+        charge(ctx, model, *_counts(usage), purpose=purpose, written_1h=_written_1h(usage))
     else:
         charge(ctx, model, ctx.estimate_in or estimate_request(ctx.body), 0, purpose=purpose)
 
@@ -111,7 +112,7 @@ def _finish_reasons(answer: Any) -> list[str]:
 
 
 def _charge_usage(ctx: RequestContext, usage: dict[str, Any]) -> None:
-    _charge(ctx, *_counts(usage), True)
+    _charge(ctx, *_counts(usage), True, _written_1h(usage))
 
 
 def _counts(usage: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -126,6 +127,11 @@ def _counts(usage: dict[str, Any]) -> tuple[int, int, int, int]:
     )
 
 
+def _written_1h(usage: dict[str, Any]) -> int:
+    """Of the cache writes, those to Anthropic's hour-long cache (its adapter says)."""
+    return int((usage.get("prompt_tokens_details") or {}).get("cache_creation_1h_tokens") or 0)
+
+
 def _charge(
     ctx: RequestContext,
     input_tokens: int,
@@ -133,8 +139,11 @@ def _charge(
     cached: int,
     written: int,
     known: bool,
+    written_1h: int = 0,
 ) -> None:
     first = ctx.answers == 0
+    if first and known and ctx.trim_chars is not None:
+        priced_trim(ctx, input_tokens)
     ctx.answers += 1
     ctx.input_tokens += input_tokens
     ctx.output_tokens += output_tokens
@@ -142,7 +151,17 @@ def _charge(
     ctx.usage_known = known if first else (ctx.usage_known and known)
     if ctx.answered_by is not None:
         batch, ctx.batched = ctx.batched, False  # a provider batch's answer: only the first
-        charge(ctx, ctx.answered_by, input_tokens, output_tokens, cached, written, batch=batch)
+        model = ctx.answered_by
+        charge(
+            ctx,
+            model,
+            input_tokens,
+            output_tokens,
+            cached,
+            written,
+            batch=batch,
+            written_1h=written_1h,
+        )
 
 
 def _answer_text(answer: Any) -> str:

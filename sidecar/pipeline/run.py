@@ -1,6 +1,7 @@
 """The request pipeline, in order. Read this file to know what happens to a request.
 
-    identify caller → match route → admit (limits, queue, budgets) → cache lookup
+    identify caller → match route → prepare (normalise, trim to the input budget, cap the
+      output) → admit (limits, queue, budgets) → cache lookup
       → enforce (ask providers for schema-shaped output) → dispatch (retries, fallback,
         breakers, hedging)
       → validate (schema; refined retries, fallback, default) → meter
@@ -35,6 +36,7 @@ from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.enforce import enforce
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.meter import meter
+from sidecar.pipeline.prepare import prepare
 from sidecar.pipeline.route import route
 from sidecar.pipeline.validate import validate
 from sidecar.providers.base import Reply
@@ -64,6 +66,7 @@ async def run(ctx: RequestContext, deferral: Deferral | None = None) -> Reply:
     route(ctx)
     if deferral is not None and not deferral.plan(ctx):
         deferral = None
+    prepare(ctx)
     await admit(ctx)
     hit = await lookup(ctx)
     if hit is not None:

@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.policy.compile_batch import batch_policy, batch_prices, micro_batch
+from sidecar.policy.compile_prompt import (
+    default_cache_key,
+    missing_1h_price,
+    model_cache,
+    prompt_policy,
+    route_cache,
+    target_cache,
+)
 from sidecar.policy.compile_stages import StageSections
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.entry import Entry, LeftOut, names, seconds, values
@@ -198,7 +206,7 @@ class _Compiler(StageSections):
             e.name: self.route(e, models, schemas, providers)
             for e in self.sections["routes"].values()
         }
-        by_model = self.route_sets(routes, models)
+        by_model = self.route_sets(routes, models, providers)
         public = tuple(dict.fromkeys([*(r.model for r in routes.values()), *models]))
         limits = {e.name: self.limit(e) for e in self.sections["limits"].values()}
         budgets = {e.name: self.budget(e, models) for e in self.sections["budgets"].values()}
@@ -253,6 +261,9 @@ class _Compiler(StageSections):
             concurrency_wait=seconds(b.get("concurrency_wait"), 0.1),
             circuit=_circuit(b.get("circuit"), None),
             structured_output=dialect,
+            prompt_cache_key=b.get(
+                "prompt_cache_key", default_cache_key(kind, b.get("base_url") or "")
+            ),
             mock=MockSettings(
                 reply=mock.get("reply"),
                 latency=seconds(mock.get("latency"), 0.0),
@@ -264,18 +275,25 @@ class _Compiler(StageSections):
     def model(self, e: Entry, providers: dict[str, ProviderConfig]) -> Model:
         price = e.body.get("price") or {}
         provider = providers.get(e.body["provider"])
+        upstream = e.body.get("name") or e.name
+        cacheable, min_tokens = model_cache(e.body, upstream)
         return Model(
             name=e.name,
             provider=e.body["provider"],
-            upstream=e.body.get("name") or e.name,
+            upstream=upstream,
             circuit=_circuit(e.body.get("circuit"), provider.circuit if provider else None),
             embeddings=micro_batch(e.body.get("embeddings")),
+            prompt_cache=cacheable,
+            cache_min_tokens=min_tokens,
             price=Price(
                 input=float(price.get("input", 0.0)),
                 output=float(price.get("output", 0.0)),
                 cached_input=(float(price["cached_input"]) if "cached_input" in price else None),
                 cache_write=(float(price["cache_write"]) if "cache_write" in price else None),
                 **batch_prices(price.get("batch")),
+                cache_write_1h=(
+                    float(price["cache_write_1h"]) if "cache_write_1h" in price else None
+                ),
             ),
         )
 
@@ -288,12 +306,19 @@ class _Compiler(StageSections):
     ) -> Route:
         b = e.body
         route_retry = _retry(b.get("retry"), Retry())
+        caching = route_cache(b)
         targets = []
         for i, item in enumerate(b["targets"]):
             name = item if isinstance(item, str) else item["model"]
             if name in models:
                 own = None if isinstance(item, str) else item.get("retry")
-                targets.append(Target(models[name], _retry(own, route_retry)))
+                model = models[name]
+                provider = providers.get(model.provider)
+                cache = target_cache(e.name, caching, model, provider)
+                targets.append(Target(model, _retry(own, route_retry), cache))
+                unpriced = missing_1h_price(caching, model, provider.type if provider else "")
+                if unpriced is not None:
+                    self.problems.append(e.problem(f"route '{e.name}': {unpriced}", "targets", i))
             elif self.missing("models", name):
                 self.problems.append(
                     e.problem(
@@ -323,6 +348,7 @@ class _Compiler(StageSections):
             cache=self.cache(e, models),
             baseline=self._baseline(e, models, targets),
             batch=batch_policy(b.get("batch")),
+            prompt=prompt_policy(b),
         )
 
     def _baseline(self, e: Entry, models: dict[str, Model], targets: list[Target]) -> Model | None:
@@ -343,7 +369,12 @@ class _Compiler(StageSections):
             return None
         return models[name]
 
-    def route_sets(self, routes: dict[str, Route], models: dict[str, Model]) -> dict[str, RouteSet]:
+    def route_sets(
+        self,
+        routes: dict[str, Route],
+        models: dict[str, Model],
+        providers: dict[str, ProviderConfig],
+    ) -> dict[str, RouteSet]:
         grouped: dict[str, list[Route]] = {}
         for route in routes.values():
             grouped.setdefault(route.model, []).append(route)
@@ -354,7 +385,15 @@ class _Compiler(StageSections):
                         name,
                         name,
                         (),
-                        (Target(model, Retry()),),
+                        (
+                            Target(
+                                model,
+                                Retry(),
+                                target_cache(
+                                    name, (True, None), model, providers.get(model.provider)
+                                ),
+                            ),
+                        ),
                         DEFAULT_ROUTE_TIMEOUT,
                         implicit=True,
                         baseline=model,

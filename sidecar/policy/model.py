@@ -49,6 +49,7 @@ class ProviderConfig:
     circuit: Circuit | None = None  # the default for this provider's models
     structured_output: str = "none"  # how it is asked for schema-shaped output (a dialect)
     mock: MockSettings = field(default_factory=MockSettings)
+    prompt_cache_key: bool = False  # OpenAI-compatible: it takes `prompt_cache_key`
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Price:
     output: float = 0.0
     cached_input: float | None = None  # input tokens read from the provider's prompt cache
     cache_write: float | None = None  # input tokens written to it (Anthropic: above input)
+    cache_write_1h: float | None = None  # written to Anthropic's hour-long cache (else cache_write)
     batch: float = 1.0  # what a provider batch call costs, as a share of the normal price
     batch_prices: Price | None = None  # or the provider's own batch prices, per token kind
 
@@ -85,6 +87,8 @@ class Model:
     price: Price = field(default_factory=Price)
     circuit: Circuit | None = None
     embeddings: MicroBatch | None = None  # micro-batch its embeddings calls
+    prompt_cache: bool = True  # `prompt_cache: off` on the model turns it off on every route
+    cache_min_tokens: int = 1024  # the shortest prefix the provider caches (Anthropic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +130,33 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptCache:
+    """How one route's requests ask one target's provider to cache their prompt prefix
+    (providers/prompt_cache.py). A target without one asks nothing."""
+
+    route: str  # part of an OpenAI `prompt_cache_key`
+    min_tokens: int = 1024  # Anthropic: a breakpoint on a shorter prefix is not placed
+    ttl: str | None = None  # Anthropic: "1h" for the hour-long cache; None: 5 minutes
+    key: bool = False  # OpenAI-compatible: send a stable `prompt_cache_key`
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPolicy:
+    """A route's prompt economy (pipeline/prepare.py): what the providers are sent."""
+
+    max_input_tokens: int | None = None  # trim the oldest turns to fit (estimated tokens)
+    keep_first: bool = False  # strategy keep_first: the first turn goes last
+    whitespace: bool = False  # collapse runs of whitespace outside code blocks
+    duplicate_system: bool = False  # drop a system message equal to the one before it
+    max_output_tokens: int | None = None
+    output_mode: str = "cap"  # cap: also lower what the app asks above; default: fill in only
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     model: Model
     retry: Retry
+    prompt_cache: PromptCache | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +215,7 @@ class Route:
     # What the savings ledger compares with: `baseline:`, else the dearest target.
     baseline: Model | None = None
     batch: BatchPolicy | None = None  # deferrable lines may wait for a provider batch
+    prompt: PromptPolicy | None = None  # None: sent as the app wrote it
 
 
 @dataclass(frozen=True, slots=True)

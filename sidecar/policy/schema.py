@@ -68,6 +68,7 @@ PROVIDER: dict[str, Any] = {
     "concurrency_wait": DURATION,
     "circuit": {"type": "dict", "schema": CIRCUIT},
     "structured_output": {"type": "string", "allowed": list(STRUCTURED_DIALECTS)},
+    "prompt_cache_key": {"type": "boolean"},  # default: true for api.openai.com only
 }
 
 PRICE: dict[str, Any] = {
@@ -75,6 +76,7 @@ PRICE: dict[str, Any] = {
     "output": {"type": "number", "min": 0},
     "cached_input": {"type": "number", "min": 0},
     "cache_write": {"type": "number", "min": 0},
+    "cache_write_1h": {"type": "number", "min": 0},
     # Through the provider's batch API: a share of these prices (0.5: half), or its own.
     "batch": {
         "anyof": [
@@ -98,12 +100,63 @@ MICRO_BATCH: dict[str, Any] = {
     "max_inputs": {"type": "integer", "min": 1, "max": 2048},  # inputs per upstream call
 }
 
+# Prompt economy (pipeline/prepare.py, providers/prompt_cache.py). `prompt_cache` is
+# `auto` (the default) or `off`, or a mapping with `mode` and, on a route, Anthropic's `ttl`
+# or, on a model, the shortest prefix its provider caches.
+CACHE_MODES = ["auto", "off"]
+PROMPT_CACHE_MODEL: dict[str, Any] = {
+    "anyof": [
+        {"type": "string", "allowed": CACHE_MODES},
+        {
+            "type": "dict",
+            "schema": {
+                "mode": {"type": "string", "allowed": CACHE_MODES},
+                "min_tokens": {"type": "integer", "min": 1},
+            },
+        },
+    ]
+}
+PROMPT_CACHE_ROUTE: dict[str, Any] = {
+    "anyof": [
+        {"type": "string", "allowed": CACHE_MODES},
+        {
+            "type": "dict",
+            "schema": {
+                "mode": {"type": "string", "allowed": CACHE_MODES},
+                "ttl": {"type": "string", "allowed": ["5m", "1h"]},
+            },
+        },
+    ]
+}
+PROMPT: dict[str, Any] = {
+    "max_input_tokens": {"type": "integer", "min": 1},
+    "strategy": {"type": "string", "allowed": ["drop_oldest", "keep_first"]},
+    "normalize": {
+        "type": "list",
+        "schema": {"type": "string", "allowed": ["whitespace", "duplicate_system"]},
+    },
+}
+MAX_OUTPUT: dict[str, Any] = {
+    # 1024, or {limit: 1024, mode: default} to fill in only when the app sends no max_tokens
+    "anyof": [
+        {"type": "integer", "min": 1},
+        {
+            "type": "dict",
+            "schema": {
+                "limit": {"type": "integer", "min": 1, "required": True},
+                "mode": {"type": "string", "allowed": ["cap", "default"]},
+            },
+        },
+    ]
+}
+
 MODEL: dict[str, Any] = {
     "provider": {"type": "string", "required": True},
     "name": {"type": "string", "empty": False},
     "price": {"type": "dict", "schema": PRICE},
     "circuit": {"type": "dict", "schema": CIRCUIT},
     "embeddings": {"type": "dict", "schema": MICRO_BATCH},
+    "prompt_cache": PROMPT_CACHE_MODEL,
 }
 
 MATCH: dict[str, Any] = {
@@ -217,6 +270,9 @@ ROUTE: dict[str, Any] = {
             {"type": "dict", "schema": BATCH},
         ]
     },
+    "prompt_cache": PROMPT_CACHE_ROUTE,
+    "prompt": {"type": "dict", "schema": PROMPT},
+    "max_output_tokens": MAX_OUTPUT,
 }
 
 

@@ -39,7 +39,9 @@ class AnthropicProvider(HttpProvider):
 
     def payload(self, call: Call) -> bytes:
         return orjson.dumps(
-            anthropic_wire.request(call.body, call.model, self.config.max_tokens, self._tool(call))
+            anthropic_wire.request(
+                call.body, call.model, self.config.max_tokens, self._tool(call), call.prompt_cache
+            )
         )
 
     def answer(self, raw: bytes, call: Call) -> bytes:

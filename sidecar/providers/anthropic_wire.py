@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 
 from sidecar.errors import CLIENT, PROTOCOL, UpstreamError
+from sidecar.policy.model import PromptCache
 from sidecar.policy.native import NativeSchema
 from sidecar.providers.base import MALFORMED, Events
+from sidecar.providers.prompt_cache import place_breakpoints
 from sidecar.providers.structured import anthropic_tool
 
 FINISH = {
@@ -48,11 +50,16 @@ def _reject(feature: str) -> UpstreamError:
 
 
 def request(
-    body: Mapping[str, Any], model: str, default_max_tokens: int, native: NativeSchema | None = None
+    body: Mapping[str, Any],
+    model: str,
+    default_max_tokens: int,
+    native: NativeSchema | None = None,
+    cache: PromptCache | None = None,
 ) -> dict[str, Any]:
-    """`native`: force a tool whose input is the answer (see providers/structured.py)."""
+    """`native`: force a tool whose input is the answer (see providers/structured.py).
+    `cache`: place prompt-cache breakpoints (see providers/prompt_cache.py)."""
     try:
-        return _request(body, model, default_max_tokens, native)
+        return _request(body, model, default_max_tokens, native, cache)
     except (AttributeError, KeyError, TypeError) as exc:
         # Parts of the wrong shape (a message that is not an object, `stop: 5`): the
         # request's own fault, so a 400 like any other, not an error that escapes dispatch.
@@ -69,7 +76,11 @@ def request(
 
 
 def _request(
-    body: Mapping[str, Any], model: str, default_max_tokens: int, native: NativeSchema | None
+    body: Mapping[str, Any],
+    model: str,
+    default_max_tokens: int,
+    native: NativeSchema | None,
+    cache: PromptCache | None,
 ) -> dict[str, Any]:
     for key, feature in _UNSUPPORTED.items():
         if body.get(key):
@@ -88,19 +99,22 @@ def _request(
                 "tool_use_id": m.get("tool_call_id", ""),
                 "content": _blocks(m.get("content")),
             }
+            if "cache_control" in m:
+                block["cache_control"] = m["cache_control"]
             _append(messages, "user", [block])
         elif role == "assistant":
             blocks = _blocks(m.get("content"))
             for call in m.get("tool_calls") or []:
                 fn = call.get("function") or {}
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.get("id", ""),
-                        "name": fn.get("name", ""),
-                        "input": _json_object(fn.get("arguments")),
-                    }
-                )
+                use = {
+                    "type": "tool_use",
+                    "id": call.get("id", ""),
+                    "name": fn.get("name", ""),
+                    "input": _json_object(fn.get("arguments")),
+                }
+                if "cache_control" in call:
+                    use["cache_control"] = call["cache_control"]
+                blocks.append(use)
             _append(messages, "assistant", blocks)
         else:
             _append(messages, "user", _blocks(m.get("content")))
@@ -111,6 +125,7 @@ def _request(
         or body.get("max_tokens")
         or default_max_tokens,
     }
+    app_system = len(system)  # the sidecar's hint below is not part of the app's prefix
     fmt = body.get("response_format") or {}
     if native is not None:
         out["tools"] = [anthropic_tool(native)]
@@ -139,6 +154,8 @@ def _request(
     out.update(body.get("x_anthropic") or {})  # Anthropic-only fields carried from ingress
     if body.get("stream"):
         out["stream"] = True
+    if cache is not None:
+        place_breakpoints(out, cache, app_system)
     return out
 
 
@@ -159,12 +176,15 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     for part in content:
         kind = part.get("type")
         if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            block: dict[str, Any] = {"type": "text", "text": part.get("text", "")}
         elif kind == "image_url":
             url = (part.get("image_url") or {}).get("url", "")
-            blocks.append({"type": "image", "source": _image_source(url)})
+            block = {"type": "image", "source": _image_source(url)}
         else:
             raise _reject(f"content part '{kind}'")
+        if "cache_control" in part:  # the app's own breakpoint (OpenRouter's convention)
+            block["cache_control"] = part["cache_control"]
+        blocks.append(block)
     return blocks
 
 
@@ -192,6 +212,8 @@ def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     out = {"name": fn.get("name", ""), "input_schema": fn.get("parameters") or {"type": "object"}}
     if fn.get("description"):
         out["description"] = fn["description"]
+    if "cache_control" in tool:
+        out["cache_control"] = tool["cache_control"]
     return out
 
 
@@ -218,11 +240,15 @@ def usage(u: Mapping[str, Any]) -> dict[str, Any]:
     written = u.get("cache_creation_input_tokens") or 0
     prompt = (u.get("input_tokens") or 0) + cached + written
     completion = u.get("output_tokens") or 0
+    details = {"cached_tokens": cached, "cache_creation_tokens": written}
+    long = (u.get("cache_creation") or {}).get("ephemeral_1h_input_tokens")
+    if long:  # priced apart: an hour-long cache write costs more than a 5-minute one
+        details["cache_creation_1h_tokens"] = long
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": written},
+        "prompt_tokens_details": details,
     }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sidecar.errors import BUSY, PROTOCOL, UpstreamError
+from sidecar.policy.model import PromptCache
 from sidecar.policy.native import NativeSchema
 from sidecar.providers.batches import BatchApi
 
@@ -51,6 +52,7 @@ class Call:
     model: str  # the provider's name for the model
     stream: bool
     native: NativeSchema | None = None  # a schema to have the provider enforce, if it can
+    prompt_cache: PromptCache | None = None  # how to ask for the prompt prefix to be cached
 
 
 @dataclass(slots=True)

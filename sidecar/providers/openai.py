@@ -14,6 +14,7 @@ from sidecar.policy.model import ProviderConfig
 from sidecar.providers.base import CHAT, EMBEDDINGS, Call
 from sidecar.providers.batch_openai import OpenAIBatches
 from sidecar.providers.http import HttpProvider
+from sidecar.providers.prompt_cache import cache_key, without_markers
 from sidecar.providers.redact import Redactor
 from sidecar.providers.structured import openai_body
 
@@ -33,4 +34,9 @@ class OpenAIProvider(HttpProvider):
         if call.native is not None:
             body = openai_body(body, call.native, self.config.structured_output)
         body.pop("x_anthropic", None)  # Anthropic-only fields from the Anthropic ingress
+        if body.pop("x_cache_control", None):  # an Anthropic app's breakpoints: not OpenAI's
+            body = without_markers(body)
+        cache = call.prompt_cache
+        if cache is not None and cache.key and "prompt_cache_key" not in body:
+            body["prompt_cache_key"] = cache_key(cache.route, call.body)
         return orjson.dumps(body)

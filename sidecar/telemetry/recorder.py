@@ -121,6 +121,12 @@ class Telemetry:
         self.batch_finished = Counter(
             "sidecar.batch.lines.finished", "{line}", "Provider batch lines landed, by outcome"
         )
+        self.trimmed = Counter(
+            "sidecar.prompt.trimmed", "{message}", "Messages removed before sending"
+        )
+        self.trimmed_tokens = Counter(
+            "sidecar.prompt.trimmed_tokens", "{token}", "Input tokens removed, estimated"
+        )
         self._own: list[Counter | ExplicitHistogram] = [
             v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)
         ]
