@@ -21,7 +21,7 @@ from sidecar.tokens import estimate_message
 
 _CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]+`)", re.S)
 _RUNS = re.compile(r"(?<=\S)[ \t]{2,}(?=\S)")
-_TRAILING = re.compile(r"[ \t]+(?=\n)|[ \t]+\Z")
+_TRAILING = re.compile(r"[ \t]+(?=\n)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _TEXT_ROLES = frozenset({"system", "developer", "user", "assistant"})
 
@@ -37,8 +37,10 @@ class Normalized:
 def collapse(text: str) -> str:
     parts = _CODE.split(text)
     for i in range(0, len(parts), 2):  # the even parts are outside code
-        part = _RUNS.sub(" ", parts[i])
-        parts[i] = _BLANK_LINES.sub("\n\n", _TRAILING.sub("", part))
+        part = _TRAILING.sub("", _RUNS.sub(" ", parts[i]))
+        if i == len(parts) - 1:
+            part = part.rstrip(" \t")
+        parts[i] = _BLANK_LINES.sub("\n\n", part)
     return "".join(parts)
 
 

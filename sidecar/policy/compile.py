@@ -245,12 +245,11 @@ class _Compiler(StageSections):
                     "structured_output",
                 )
             )
+        base_url = b.get("base_url") or DEFAULT_BASE_URL.get(kind, f"mock://{e.name}")
         return ProviderConfig(
             name=e.name,
             type=kind,
-            base_url=(b.get("base_url") or DEFAULT_BASE_URL.get(kind, f"mock://{e.name}")).rstrip(
-                "/"
-            ),
+            base_url=base_url.rstrip("/"),
             api_key=Secret(b.get("api_key") or ""),
             timeout=seconds(b.get("timeout"), DEFAULT_PROVIDER_TIMEOUT),
             headers=tuple((k.lower(), v) for k, v in (b.get("headers") or {}).items()),
@@ -261,9 +260,7 @@ class _Compiler(StageSections):
             concurrency_wait=seconds(b.get("concurrency_wait"), 0.1),
             circuit=_circuit(b.get("circuit"), None),
             structured_output=dialect,
-            prompt_cache_key=b.get(
-                "prompt_cache_key", default_cache_key(kind, b.get("base_url") or "")
-            ),
+            prompt_cache_key=b.get("prompt_cache_key", default_cache_key(kind, base_url)),
             mock=MockSettings(
                 reply=mock.get("reply"),
                 latency=seconds(mock.get("latency"), 0.0),

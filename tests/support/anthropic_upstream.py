@@ -46,6 +46,7 @@ class Behaviour:
     output_tokens: int = 5
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation: dict[str, int] | None = None  # the writes by ttl (ephemeral_1h_input_tokens)
     status: int = 200  # non-200: answer with this status and an Anthropic error body
     error_type: str | None = None  # default: ERROR_TYPES[status]
     error_message: str | None = None
@@ -90,13 +91,16 @@ class Behaviour:
     def stop(self) -> str:
         return self.stop_reason or ("tool_use" if self.tool_name is not None else "end_turn")
 
-    def usage(self) -> dict[str, int]:
-        return {
+    def usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
         }
+        if self.cache_creation is not None:
+            usage["cache_creation"] = self.cache_creation
+        return usage
 
 
 class FakeAnthropic(FakeServer[Behaviour]):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
+import openai
 
 from sidecar.app import Settings, Sidecar
 
@@ -59,6 +60,13 @@ class Sidecars:
     async def stop(self) -> None:
         for sidecar in self.started:
             await sidecar.stop()
+
+
+def openai_client(sidecar: Sidecar) -> openai.AsyncOpenAI:
+    """The `openai` SDK pointed at `sidecar`, without retries (a test sees every answer)."""
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{sidecar.port}/v1", api_key="app", max_retries=0
+    )
 
 
 def free_port() -> int:
