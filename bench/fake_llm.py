@@ -20,9 +20,14 @@ land close together and near misses closer still.
 
 Prompt caching is reported the way each provider does: OpenAI caches automatically, a
 prompt of 1,024 tokens or more reading the longest prefix seen before in 128-token steps
-(`prompt_tokens_details.cached_tokens`); Anthropic caches only up to `cache_control`
-breakpoints, reporting writes and reads apart (`cache_creation_input_tokens`,
-`cache_read_input_tokens`). Latency is scaled down about 20x from real providers so a run
+(`prompt_tokens_details.cached_tokens`) on the machine the request lands on: one of four,
+chosen by a hash of the prompt's first 256 tokens and its `prompt_cache_key`, except that
+past 15 requests in 3 seconds (OpenAI's ~15 a minute, at this server's speed) for one such
+hash the rest spill over to a machine picked at random. Anthropic caches only up to
+`cache_control` breakpoints, reporting writes and reads apart (`cache_creation_input_tokens`,
+`cache_read_input_tokens`): each breakpoint reads the longest prefix cached before that
+ends on a block boundary at most 20 blocks back, and writes the rest up to itself.
+Latency is scaled down about 20x from real providers so a run
 takes minutes: a base per call plus a time per output token.
 """
 
@@ -33,9 +38,11 @@ import asyncio
 import hashlib
 import json
 import math
+import random
 import re
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +51,9 @@ from aiohttp import web
 from world import World, answer
 
 DIMS = 256
+MACHINES = 4  # OpenAI: the machines a prompt prefix may be cached on
+OVERFLOW = (15, 3.0)  # more requests than this per routing hash in this many seconds spill
+LOOKBACK = 20  # Anthropic: blocks a breakpoint looks back for a cached prefix
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,8 @@ class FakeLLM:
     def reset(self) -> None:
         self.bill = Bill()
         self.prefixes: set[bytes] = set()  # prompt caches: hashes of cached prefixes
+        self.routing: dict[bytes, deque[float]] = {}  # OpenAI: recent requests per hash
+        self.spill = random.Random(0)
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
 
@@ -185,42 +197,59 @@ class FakeLLM:
 
     # -- prompt caching ---------------------------------------------------------------------
 
-    def openai_cached(self, model: str, prompt: str) -> int:
-        """The longest prefix seen before, from 1,024 tokens in 128-token steps."""
+    def openai_cached(self, model: str, prompt: str, key: str = "") -> int:
+        """The longest prefix seen before on the machine the request lands on, from 1,024
+        tokens in 128-token steps."""
         n = tokens(prompt)
         if n < 1024:
             return 0
-        digest, cached, done = hashlib.sha1(model.encode()), 0, 0
+        machine = self.machine(model, prompt, key)
+        digest, cached, done = hashlib.sha1(f"{model}@{machine}".encode()), 0, 0
         for k in range(1024, n + 1, 128):
             digest.update(prompt[done : k * 4].encode())
             done = k * 4
-            key = digest.copy().digest()
-            if key in self.prefixes:
+            found = digest.copy().digest()
+            if found in self.prefixes:
                 cached = k
             else:
-                self.prefixes.add(key)
+                self.prefixes.add(found)
         return cached
 
+    def machine(self, model: str, prompt: str, key: str) -> int:
+        routing = hashlib.sha1(f"{model}\0{key}\0{prompt[:1024]}".encode()).digest()
+        recent = self.routing.setdefault(routing, deque())
+        now = time.monotonic()
+        most, seconds = OVERFLOW
+        while recent and recent[0] < now - seconds:
+            recent.popleft()
+        recent.append(now)
+        if len(recent) > most:
+            return self.spill.randrange(MACHINES)
+        return int.from_bytes(routing[:4], "little") % MACHINES
+
     def anthropic_cached(self, model: str, parts: list[tuple[str, bool]]) -> tuple[int, int]:
-        """(read, written) tokens: reads up to the longest breakpoint cached before, writes
-        from there to the last breakpoint. Prefixes under 1,024 tokens are not cached."""
-        text, ends = "", []
+        """(read, written) tokens: each breakpoint reads the longest prefix cached before
+        that ends on a block boundary at most 20 blocks back, and writes the rest up to
+        itself. Prefixes under 1,024 tokens are not cached."""
+        text, ends, marks = "", [], []
         for piece, marked in parts:
             text += piece
+            ends.append(len(text))
             if marked:
-                ends.append(len(text))
-        read = written = 0
-        for end in ends:
-            mark = tokens(text[:end])
+                marks.append(len(ends) - 1)
+        read = top = 0
+        for at in marks:
+            mark = tokens(text[: ends[at]])
             if mark < 1024:
                 continue
-            key = hashlib.sha1((model + text[:end]).encode()).digest()
-            if key in self.prefixes:
-                read, written = mark, 0
-            else:
-                self.prefixes.add(key)
-                written = mark - read
-        return read, written
+            for back in range(at, max(-1, at - LOOKBACK - 1), -1):
+                key = hashlib.sha1((model + text[: ends[back]]).encode()).digest()
+                if key in self.prefixes:
+                    read = max(read, tokens(text[: ends[back]]))
+                    break
+            self.prefixes.add(hashlib.sha1((model + text[: ends[at]]).encode()).digest())
+            top = max(top, mark)
+        return read, max(0, top - read)
 
     # -- OpenAI -----------------------------------------------------------------------------
 
@@ -245,7 +274,7 @@ class FakeLLM:
     ) -> dict[str, Any]:
         prompt, _ = self._openai_prompt(body)
         n, out = tokens(prompt), tokens(text)
-        cached = self.openai_cached(model, prompt)
+        cached = self.openai_cached(model, prompt, str(body.get("prompt_cache_key") or ""))
         self.bill.add(model, n - cached, cached, 0, out, batch)
         details = {"cached_tokens": cached}
         return {

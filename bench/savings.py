@@ -30,19 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-try:
-    import aiohttp  # noqa: F401
-    import yaml
-except ImportError:  # started with a Python that lacks the project's packages
-    if VENV_PY.exists() and Path(sys.executable) != VENV_PY:
-        os.execv(VENV_PY, [str(VENV_PY), *sys.argv])
-    raise
+from reexec import ROOT, VENV_PY, on_venv
+
+on_venv("aiohttp", "yaml")
+BENCH = ROOT / "bench"
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 import run as harness  # noqa: E402  bench/run.py: pinned children, ports, readiness
+import yaml  # noqa: E402
 from fake_llm import MODELS  # noqa: E402
 from replay import LARGE, Replay  # noqa: E402
 from workload import Workload, build  # noqa: E402
@@ -81,6 +76,24 @@ ROWS = (
             "routes": {"assistant": {"batch": {"mode": "provider", "max_wait": "200ms"}}},
             "jobs": {"batch_poll": "100ms"},
         },
+    ),
+    # Prompt economy (issue 19). Breakpoints on Anthropic requests, the sidecar's default:
+    # the base policy turns it off so that the other rows show their own lever alone.
+    Row("prompt cache", {"routes": {"assistant": {"prompt_cache": "auto"}}}),
+    # OpenAI caches by itself; a prompt_cache_key per conversation keeps its turns on one
+    # machine (fake_llm.py). Beside "small model for all", which sends none.
+    Row(
+        "small model, prompt_cache_key",
+        {
+            "providers": {"openai": {"prompt_cache_key": True}},
+            "routes": {"assistant": {"targets": ["mini"], "prompt_cache": "auto"}},
+        },
+        in_all=False,
+    ),
+    Row("trim to 2,500 tokens", {"routes": {"assistant": {"prompt": {"max_input_tokens": 2500}}}}),
+    Row(
+        "normalise whitespace",
+        {"routes": {"assistant": {"prompt": {"normalize": ["whitespace", "duplicate_system"]}}}},
     ),
 )
 
@@ -126,7 +139,10 @@ def base_policy(fake_port: int) -> dict[str, Any]:
             )
         },
         # The baseline defaults to the dearest target; said here because rows change targets.
-        "routes": {"assistant": {"targets": ["sonnet"], "baseline": "sonnet"}},
+        # Prompt caching is on by default; off here, so a row shows only its own lever.
+        "routes": {
+            "assistant": {"targets": ["sonnet"], "baseline": "sonnet", "prompt_cache": "off"}
+        },
         "jobs": {"workers": 8, "poll_interval": "50ms"},
         "state": {"backend": "memory"},
     }
