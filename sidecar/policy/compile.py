@@ -26,6 +26,7 @@ from sidecar.policy.compile_prompt import (
     route_cache,
     target_cache,
 )
+from sidecar.policy.compile_select import SelectSections
 from sidecar.policy.compile_stages import StageSections
 from sidecar.policy.durations import parse_duration
 from sidecar.policy.entry import Entry, LeftOut, names, seconds, values
@@ -71,7 +72,7 @@ def compile_folder(folder: Path, read: FolderRead, env: Mapping[str, str]) -> Po
     found = list(read.problems)
     if not read.files and not found:
         found.append(Problem(str(folder), 0, "no policy files (*.yaml, *.yml) in the folder"))
-    return compile_sources(read.files, env, found)
+    return compile_sources(read.files, env, found, read.data)
 
 
 def refuse_emptying(folder: Path, before: Policy, after: Policy) -> None:
@@ -89,11 +90,15 @@ def refuse_emptying(folder: Path, before: Policy, after: Policy) -> None:
 
 
 def compile_sources(
-    files: list[SourceFile], env: Mapping[str, str], found: list[Problem] | None = None
+    files: list[SourceFile],
+    env: Mapping[str, str],
+    found: list[Problem] | None = None,
+    data: list[SourceFile] | None = None,
 ) -> Policy:
-    """`found`: problems already known (reading the folder), reported with the rest."""
+    """`found`: problems already known (reading the folder), reported with the rest;
+    `data`: the folder's data files (*.jsonl), which policy entries may name."""
     try:
-        return _compile_sources(files, env, found or [])
+        return _compile_sources(files, env, found or [], data or [])
     except PolicyInvalid as exc:
         problems = sorted(exc.problems, key=lambda p: (p.file, p.line))  # stable: reading order
         raise PolicyInvalid(_hide_env_values(problems, files, env)) from None
@@ -122,7 +127,7 @@ def _hide_env_values(
 
 
 def _compile_sources(
-    files: list[SourceFile], env: Mapping[str, str], problems: list[Problem]
+    files: list[SourceFile], env: Mapping[str, str], problems: list[Problem], data: list[SourceFile]
 ) -> Policy:
     docs = [d for f in files if (d := parse(f, env, problems)) is not None]
     # Names may live in what could not be read: then no reference is reported as missing.
@@ -135,9 +140,9 @@ def _compile_sources(
     # A name defined twice keeps its first definition, so the cross-checks below still
     # hold and a run reports them too, not only the duplicate.
     sections = _merge(docs, problems)
-    policy = _Compiler(sections, problems, env, left_out).policy(
-        content_hash(files), tuple(f.name for f in files), emptied
-    )
+    compiler = _Compiler(sections, problems, env, left_out)
+    compiler.data = {f.name: f for f in data}
+    policy = compiler.policy(content_hash([*files, *data]), tuple(f.name for f in files), emptied)
     if problems:
         raise PolicyInvalid(problems)
     return policy
@@ -175,7 +180,7 @@ def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str,
     return sections
 
 
-class _Compiler(StageSections):
+class _Compiler(StageSections, SelectSections):
     def __init__(
         self,
         sections: dict[str, dict[str, Entry]],
@@ -187,6 +192,7 @@ class _Compiler(StageSections):
         self.problems = problems
         self.env = env or {}
         self.left_out = left_out or LeftOut(partial=False)
+        self.data: dict[str, SourceFile] = {}  # the folder's data files, by name
 
     def policy(self, version: str, files: tuple[str, ...], emptied: frozenset[str]) -> Policy:
         providers = {e.name: self.provider(e) for e in self.sections["providers"].values()}
@@ -304,27 +310,35 @@ class _Compiler(StageSections):
         b = e.body
         route_retry = _retry(b.get("retry"), Retry())
         caching = route_cache(b)
-        targets = []
-        for i, item in enumerate(b["targets"]):
-            name = item if isinstance(item, str) else item["model"]
-            if name in models:
-                own = None if isinstance(item, str) else item.get("retry")
-                model = models[name]
-                provider = providers.get(model.provider)
-                cache = target_cache(e.name, caching, model, provider)
-                targets.append(Target(model, _retry(own, route_retry), cache))
-                unpriced = missing_1h_price(caching, model, provider.type if provider else "")
-                if unpriced is not None:
-                    self.problems.append(e.problem(f"route '{e.name}': {unpriced}", "targets", i))
-            elif self.missing("models", name):
-                self.problems.append(
-                    e.problem(
-                        f"route '{e.name}' targets model '{name}', which is not defined "
-                        f"(models: {names(models)})",
-                        "targets",
-                        i,
+
+        def targets_of(raw: list[Any], path: str) -> list[Target]:
+            targets = []
+            for i, item in enumerate(raw):
+                name = item if isinstance(item, str) else item["model"]
+                if name in models:
+                    own = None if isinstance(item, str) else item.get("retry")
+                    model = models[name]
+                    provider = providers.get(model.provider)
+                    cache = target_cache(e.name, caching, model, provider)
+                    targets.append(Target(model, _retry(own, route_retry), cache))
+                    kind = provider.type if provider else ""
+                    unpriced = missing_1h_price(caching, model, kind)
+                    if unpriced is not None:
+                        self.problems.append(
+                            e.problem(f"route '{e.name}': {unpriced}", *path.split("."), i)
+                        )
+                elif self.missing("models", name):
+                    self.problems.append(
+                        e.problem(
+                            f"route '{e.name}' targets model '{name}', which is not defined "
+                            f"(models: {names(models)})",
+                            *path.split("."),
+                            i,
+                        )
                     )
-                )
+            return targets
+
+        select, targets = self.selection(e, targets_of, models, providers)
         match = b.get("match") or {}
         conditions = [
             Condition("header", header.lower(), values(v))
@@ -346,6 +360,7 @@ class _Compiler(StageSections):
             baseline=self._baseline(e, models, targets),
             batch=batch_policy(b.get("batch")),
             prompt=prompt_policy(b),
+            select=select,
         )
 
     def _baseline(self, e: Entry, models: dict[str, Model], targets: list[Target]) -> Model | None:

@@ -11,6 +11,10 @@ Kubernetes mounts a ConfigMap as `..data -> ..2024_01_01_xx/` plus one symlink p
 an update swaps `..data` atomically and leaves mtimes alone. So the folder is read as the
 set of visible `*.yaml`/`*.yml` files (names starting with `.` are skipped, which skips
 the `..` folders), and a change is a change of the content hash, never of a timestamp.
+
+Beside the policy files, `*.jsonl` files are read as data the policy may name (a tier
+classifier's labelled examples): under limits of their own, in the same hash, so editing
+one is a change like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.policy.problems import Problem
@@ -31,6 +35,8 @@ MAX_ENTRIES = 10_000  # names looked at, all folders together
 MAX_FILES = 500  # policy files
 MAX_FILE_BYTES = 256 * 1024
 MAX_TOTAL_BYTES = 1024 * 1024  # parsing 1 MiB of YAML takes about 1 s and 150 MiB at worst
+MAX_DATA_BYTES = 4 * 1024 * 1024  # data files (*.jsonl), all together: a few 10k examples
+DATA_SUFFIX = ".jsonl"
 
 STABLE_INTERVAL = 0.1  # seconds between the two reads that must agree
 STABLE_READS = 20  # reads before giving up on a folder that keeps changing (about 2 s)
@@ -42,12 +48,18 @@ class FolderRead:
 
     files: list[SourceFile]
     problems: list[Problem]
+    data: list[SourceFile] = field(default_factory=list)  # *.jsonl, parsed by who names them
+
+    @property
+    def version(self) -> str:
+        """The content hash of everything the policy is made of."""
+        return content_hash([*self.files, *self.data])
 
     @property
     def key(self) -> str:
         """Changes when anything the walk saw changes, problems included: a fixed symlink
         loop leaves the files as they were, and must still count as a change."""
-        digest = hashlib.sha256(content_hash(self.files).encode())
+        digest = hashlib.sha256(self.version.encode())
         for p in self.problems:
             digest.update(f"\0{p}".encode())
         return digest.hexdigest()[:12]
@@ -65,7 +77,7 @@ def read_folder(folder: Path) -> FolderRead:
     if not stat.S_ISDIR(top.st_mode):
         return FolderRead([], [Problem(str(folder), 0, "policy folder is not a folder")])
     walk.folder_at(Path(), top, 0)
-    return FolderRead(walk.files, walk.problems)
+    return FolderRead(walk.files, walk.problems, walk.data)
 
 
 async def read_stable(
@@ -86,13 +98,15 @@ async def read_stable(
         read = again
     waited = interval * (reads - 1)
     problem = Problem(str(folder), 0, f"policy files still changing after {waited:.1f}s")
-    return FolderRead(read.files, [*read.problems, problem])
+    return FolderRead(read.files, [*read.problems, problem], read.data)
 
 
 class _Walk:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.files: list[SourceFile] = []
+        self.data: list[SourceFile] = []
+        self.data_bytes = 0
         self.problems: list[Problem] = []
         self.seen: dict[tuple[int, int], Path] = {}  # (device, inode) of folders entered
         self.entries = 0
@@ -146,6 +160,32 @@ class _Walk:
             self.folder_at(rel, st, depth + 1)
         elif policy_file:
             self.file(rel)
+        elif rel.name.endswith(DATA_SUFFIX):
+            self.data_file(rel)
+
+    def read(self, rel: Path, budget: int) -> bytes | None:
+        """Up to `budget` + 1 bytes of a regular file; None (and a problem) otherwise."""
+        try:
+            text = _read_regular(self.root / rel, budget + 1)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                self.problem(rel, f"cannot read: {_reason(exc)}")
+            return None
+        if text is None:
+            self.problem(rel, "not a regular file; not read")
+        return text
+
+    def data_file(self, rel: Path) -> None:
+        budget = MAX_DATA_BYTES - self.data_bytes
+        text = self.read(rel, budget)
+        if text is None:
+            return
+        if len(text) > budget:
+            limit = MAX_DATA_BYTES // 2**20
+            self.problem(rel, f"too large: data files may hold {limit} MiB in all")
+            return
+        self.data_bytes += len(text)
+        self.data.append(SourceFile(rel.as_posix(), text))
 
     def file(self, rel: Path) -> None:
         if len(self.files) >= MAX_FILES:
@@ -153,14 +193,8 @@ class _Walk:
             self.stopped = True
             return
         budget = min(MAX_FILE_BYTES, MAX_TOTAL_BYTES - self.bytes)
-        try:
-            text = _read_regular(self.root / rel, budget + 1)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                self.problem(rel, f"cannot read: {_reason(exc)}")
-            return
+        text = self.read(rel, budget)
         if text is None:
-            self.problem(rel, "not a regular file; not read")
             return
         if len(text) > budget:
             if budget < MAX_FILE_BYTES:

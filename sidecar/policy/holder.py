@@ -30,7 +30,6 @@ from sidecar.policy.compile import compile_folder, refuse_emptying
 from sidecar.policy.folder import read_stable
 from sidecar.policy.model import Policy
 from sidecar.policy.problems import PolicyInvalid, Problem
-from sidecar.policy.source import content_hash
 
 log = logging.getLogger("sidecar.policy")
 
@@ -96,7 +95,7 @@ class PolicyHolder(Generic[S]):
             if read.key == self._tried:
                 return False  # same as the last attempt: nothing to do
             self._tried = read.key
-            version = content_hash(read.files) if read.files else None
+            version = read.version if read.files else None
             try:
                 policy = await asyncio.to_thread(compile_folder, self.folder, read, self.env)
                 if self.current is not None:

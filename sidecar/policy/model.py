@@ -200,6 +200,71 @@ class Hedge:
     max: int = 1  # extra targets raced at most
 
 
+# -- model selection (issue 18): tiers chosen before the call, cascades verified after --
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """What a cascade step's answer must pass to be shown (pipeline/accept.py)."""
+
+    schema: bool = True  # the route's output schema, when it has one
+    finish: bool = True  # a finish reason other than `length`
+    empty: bool = True  # some content or a tool call
+    refusal: Any = field(default=None, repr=False, compare=False)  # compiled pattern or None
+    refusal_patterns: tuple[str, ...] = ()  # as written, for diff and /status
+    min_logprob: float | None = None  # mean token log-probability; asks for logprobs
+    stream: str = "buffer"  # buffer (check, then relay) | passthrough (no escalation)
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    rank: int  # 0 = the cheapest; a higher tier is further up the ladder
+    targets: tuple[Target, ...]
+    accept: Acceptance | None = None  # checked before the next tier is spared
+
+
+@dataclass(frozen=True, slots=True)
+class TierRule:
+    """Features of a request that pick a tier; every condition given must hold."""
+
+    rank: int  # the tier it picks
+    min_input_tokens: int | None = None
+    max_input_tokens: int | None = None
+    min_turns: int | None = None
+    max_turns: int | None = None
+    tools: bool | None = None
+    images: bool | None = None
+    response_format: bool | None = None
+    # keywords and regex, compiled; each must be found in the last user message
+    patterns: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierSpec:
+    """Labelled examples, embedded at reload (stores/classifiers.py). `key` names what the
+    embeddings depend on (model, texts): the same key reuses vectors already computed."""
+
+    route: str
+    model: Model
+    file: str  # in the policy folder
+    texts: tuple[str, ...] = field(repr=False)
+    labels: tuple[int, ...] = field(repr=False)  # tier ranks
+    k: int = 5
+    margin: float = 0.2  # the winner's share of the vote must beat the runner-up's by this
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    tiers: tuple[Tier, ...]  # cheapest first
+    default: int  # the rank of the tier an unsure request gets
+    rules: tuple[TierRule, ...] = ()
+    classifier: ClassifierSpec | None = None
+    sticky: float | None = None  # seconds a conversation stays on the highest tier it reached
+    by_name: Mapping[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
@@ -216,6 +281,9 @@ class Route:
     baseline: Model | None = None
     batch: BatchPolicy | None = None  # deferrable lines may wait for a provider batch
     prompt: PromptPolicy | None = None  # None: sent as the app wrote it
+    # Tiers, cheapest first (a `cascade` without `select`: one tier per target); `targets`
+    # is then every tier's, in that order.
+    select: Selection | None = None
 
 
 @dataclass(frozen=True, slots=True)

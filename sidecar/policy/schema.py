@@ -248,14 +248,64 @@ BATCH: dict[str, Any] = {
     "unfinished": {"type": "string", "allowed": ["resubmit", "sync", "fail"]},
 }
 
-ROUTE: dict[str, Any] = {
-    "match": {"type": "dict", "schema": MATCH},
-    "targets": {
-        "type": "list",
+# Model selection (issue 18): tiers chosen before the call, cascades verified after it.
+CASCADE: dict[str, Any] = {
+    "schema": {"type": "boolean"},  # the route's output schema
+    "finish": {"type": "boolean"},  # not cut off (finish_reason length)
+    "empty": {"type": "boolean"},
+    # true: the built-in refusal patterns; a list: these regular expressions instead
+    "refusal": {"type": ["boolean", "list"], "schema": {"type": "string", "empty": False}},
+    "min_logprob": {"type": "number", "max": 0},  # mean token log-probability
+    "stream": {"type": "string", "allowed": ["buffer", "passthrough"]},
+}
+# on a tier: its own checks, or `false` for none
+MAYBE_CASCADE: dict[str, Any] = {
+    "anyof": [{"type": "boolean", "allowed": [False]}, {"type": "dict", "schema": CASCADE}]
+}
+TIER_RULE: dict[str, Any] = {
+    "tier": {"type": "string", "required": True, "empty": False},
+    "min_input_tokens": {"type": "integer", "min": 0},
+    "max_input_tokens": {"type": "integer", "min": 0},
+    "min_turns": {"type": "integer", "min": 0},
+    "max_turns": {"type": "integer", "min": 0},
+    "tools": {"type": "boolean"},
+    "images": {"type": "boolean"},
+    "response_format": {"type": "boolean"},
+    "keywords": {"type": "list", "minlength": 1, "schema": {"type": "string", "empty": False}},
+    "regex": {"type": "string", "empty": False},
+}
+SELECT: dict[str, Any] = {
+    "tiers": {
+        "type": "dict",
         "required": True,
         "minlength": 1,
-        "schema": TARGET,
+        "keysrules": {"type": "string", "regex": r"[A-Za-z0-9][A-Za-z0-9._-]*"},
+        "valuesrules": {
+            "type": "dict",
+            "schema": {
+                "targets": {"type": "list", "required": True, "minlength": 1, "schema": TARGET},
+                "cascade": MAYBE_CASCADE,
+            },
+        },
     },
+    "default": {"type": "string", "empty": False},  # default: the top tier
+    "rules": {"type": "list", "schema": {"type": "dict", "schema": TIER_RULE}},
+    "classifier": {
+        "type": "dict",
+        "schema": {
+            "examples": {"type": "string", "required": True, "regex": r".+\.jsonl"},
+            "model": {"type": "string", "required": True, "empty": False},  # embeddings
+            "k": {"type": "integer", "min": 1, "max": 50},
+            "margin": {"type": "float", "min": 0.0, "max": 1.0},
+        },
+    },
+    "sticky": DURATION,
+}
+
+
+ROUTE: dict[str, Any] = {
+    "match": {"type": "dict", "schema": MATCH},
+    "targets": {"type": "list", "minlength": 1, "schema": TARGET},  # or select.tiers
     "retry": {"type": "dict", "schema": RETRY},
     "timeout": DURATION,
     "first_token_timeout": DURATION,
@@ -273,6 +323,8 @@ ROUTE: dict[str, Any] = {
     "prompt_cache": PROMPT_CACHE_ROUTE,
     "prompt": {"type": "dict", "schema": PROMPT},
     "max_output_tokens": MAX_OUTPUT,
+    "select": {"type": "dict", "schema": SELECT},
+    "cascade": {"type": "dict", "schema": CASCADE},
 }
 
 

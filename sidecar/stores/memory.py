@@ -28,6 +28,7 @@ class MemoryState:
         self.row_expiry: dict[str, float] = {}
         self.holds: dict[str, dict[str, tuple[float, float]]] = {}  # key → id → (amount, exp)
         self.seen: dict[str, float] = {}
+        self.levels: dict[str, tuple[int, float]] = {}  # sticky key → (level, expires_at)
         self._settles = 0
 
     # -- rates (GCRA: one timestamp per key, exact, O(1)) -------------------------------
@@ -135,6 +136,8 @@ class MemoryState:
             del self.row_expiry[key]
         for key in [k for k, exp in self.seen.items() if exp <= now]:
             del self.seen[key]
+        for key in [k for k, (_, exp) in self.levels.items() if exp <= now]:
+            del self.levels[key]
         for key in [k for k, tat in self.tats.items() if tat <= now]:
             del self.tats[key]  # an empty bucket is the same as no bucket
 
@@ -144,6 +147,16 @@ class MemoryState:
             return False
         self.seen[key] = now + ttl
         return True
+
+    async def stick(self, key: str, level: int, ttl: float) -> int:
+        now = time.time()
+        held, expires = self.levels.get(key, (-1, 0.0))
+        if expires <= now:
+            held = -1
+        if level >= held and level >= 0:
+            self.levels[key] = (level, now + ttl)
+            return level
+        return held
 
     async def usage(self, prefix: str) -> dict[str, dict[str, float]]:
         return {

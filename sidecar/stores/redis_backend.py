@@ -101,6 +101,19 @@ return 0
 """.replace("FIELDS", ", ".join(f"'{f}'" for f in Usage.FIELDS))
 
 
+# KEYS: the sticky key. ARGV: level, ttl (ms). Stores the level with a fresh TTL when it is
+# at or above the one held; returns the higher of the two.
+_STICK = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local level = tonumber(ARGV[1])
+if level >= held and level >= 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return level
+end
+return held
+"""
+
+
 def _holds(key: str) -> str:
     return f"h:{key}"
 
@@ -118,6 +131,7 @@ class RedisState:
         self._acquire = r.register_script(_ACQUIRE_SLOT)
         self._reserve = r.register_script(_RESERVE)
         self._settle = r.register_script(_SETTLE)
+        self._stick = r.register_script(_STICK)
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -181,6 +195,10 @@ class RedisState:
             lambda: self._redis.set(self._k(key), "1", nx=True, px=int(ttl * 1000))
         )
         return bool(got)
+
+    async def stick(self, key: str, level: int, ttl: float) -> int:
+        args = [level, max(1, int(ttl * 1000))]
+        return int(await self._call(lambda: self._stick(keys=[self._k(key)], args=args)))
 
     async def usage(self, prefix: str) -> dict[str, dict[str, float]]:
         async def scan() -> dict[str, dict[str, float]]:

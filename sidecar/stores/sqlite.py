@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS usage_rows (
     cached_tokens REAL, cost_usd REAL, saved_usd REAL, expires_at REAL);
 CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL);
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires_at REAL);
+CREATE TABLE IF NOT EXISTS levels (key TEXT PRIMARY KEY, level INTEGER, expires_at REAL);
 """
 # Columns are named in every statement: a file from an older version gets the columns it
 # lacks added at the end (after expires_at), with 0 for the rows it already has.
@@ -47,6 +48,7 @@ class SqliteState(MemoryState):
         self._dirty_rows: set[str] = set()
         self._dirty_rates: set[str] = set()
         self._dirty_seen: set[str] = set()
+        self._dirty_levels: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -78,6 +80,10 @@ class SqliteState(MemoryState):
             "SELECT key, expires_at FROM seen WHERE expires_at > ?", (now,)
         ):
             self.seen[key] = expires_at
+        for key, level, expires_at in db.execute(
+            "SELECT key, level, expires_at FROM levels WHERE expires_at > ?", (now,)
+        ):
+            self.levels[key] = (int(level), expires_at)
         self._db = db
 
     # Every write marks what it touched; the flusher persists it.
@@ -104,6 +110,12 @@ class SqliteState(MemoryState):
             self._dirty_seen.add(key)
         return first
 
+    async def stick(self, key: str, level: int, ttl: float) -> int:
+        got = await super().stick(key, level, ttl)
+        if got == level and level >= 0:
+            self._dirty_levels.add(key)
+        return got
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
@@ -119,15 +131,18 @@ class SqliteState(MemoryState):
             ]
             rates = [(k, self.tats[k]) for k in self._dirty_rates if k in self.tats]
             seen = [(k, self.seen[k]) for k in self._dirty_seen if k in self.seen]
+            levels = [(k, *self.levels[k]) for k in self._dirty_levels if k in self.levels]
             self._dirty_rows, self._dirty_rates, self._dirty_seen = set(), set(), set()
-            if rows or rates or seen:
+            self._dirty_levels = set()
+            if rows or rates or seen or levels:
                 try:
-                    await asyncio.to_thread(self._write, rows, rates, seen)
+                    await asyncio.to_thread(self._write, rows, rates, seen, levels)
                 except sqlite3.Error:
                     # Keep them dirty so the next flush tries again.
                     self._dirty_rows.update(r[0] for r in rows)
                     self._dirty_rates.update(r[0] for r in rates)
                     self._dirty_seen.update(r[0] for r in seen)
+                    self._dirty_levels.update(r[0] for r in levels)
                     raise
 
     def _write(
@@ -135,6 +150,7 @@ class SqliteState(MemoryState):
         rows: list[tuple[object, ...]],
         rates: list[tuple[str, float]],
         seen: list[tuple[str, float]],
+        levels: list[tuple[str, int, float]],
     ) -> None:
         assert self._db is not None
         db = self._db
@@ -143,6 +159,8 @@ class SqliteState(MemoryState):
             db.executemany(_UPSERT_ROW, rows)
             db.executemany("INSERT OR REPLACE INTO rates VALUES (?, ?)", rates)
             db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", seen)
+            db.executemany("INSERT OR REPLACE INTO levels VALUES (?, ?, ?)", levels)
+            db.execute("DELETE FROM levels WHERE expires_at <= ?", (time.time(),))
             db.execute("DELETE FROM usage_rows WHERE expires_at <= ?", (time.time(),))
             db.execute("COMMIT")
         except BaseException:

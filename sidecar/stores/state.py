@@ -115,4 +115,11 @@ class State(Protocol):
         """Usage rows whose key starts with `prefix`, by key."""
         ...
 
+    async def stick(self, key: str, level: int, ttl: float) -> int:
+        """The highest of `level` and the level `key` holds (sticky conversations: the tier
+        a conversation reached). A `level` at or above the held one is stored for `ttl`
+        seconds from now; a lower one changes nothing, so the time runs from when the
+        conversation last reached its level. -1 when nothing is held (and `level` < 0)."""
+        ...
+
     async def close(self) -> None: ...

@@ -237,6 +237,49 @@ async def test_sqlite_keeps_spend_rates_and_once_across_close_and_reopen(tmp_pat
         await third.close()
 
 
+# -- sticky levels (a conversation's tier) ---------------------------------------------
+
+
+async def test_stick_keeps_the_highest_level_reached(state: State):
+    assert await state.stick("t:conv", -1, 60.0) == -1  # nothing held: a read
+    assert await state.stick("t:conv", 0, 60.0) == 0
+    assert await state.stick("t:conv", 2, 60.0) == 2
+    assert await state.stick("t:conv", 1, 60.0) == 2  # a lower tier does not bring it down
+    assert await state.stick("t:conv", -1, 60.0) == 2
+    assert await state.stick("t:other", -1, 60.0) == -1  # other conversations untouched
+
+
+async def test_a_stuck_level_expires_from_when_it_was_last_reached(state: State):
+    assert await state.stick("t:short", 1, 0.3) == 1
+    await asyncio.sleep(0.15)
+    assert await state.stick("t:short", 0, 0.3) == 1  # lower: does not refresh the time
+    await asyncio.sleep(0.2)
+    assert await state.stick("t:short", -1, 0.3) == -1  # 0.35 s after it was reached
+    assert await state.stick("t:short", 1, 0.3) == 1
+    await asyncio.sleep(0.15)
+    assert await state.stick("t:short", 1, 0.3) == 1  # reached again: the time starts over
+    await asyncio.sleep(0.2)
+    assert await state.stick("t:short", -1, 0.3) == 1
+
+
+async def test_stick_is_atomic_under_concurrency(state: State):
+    results = await asyncio.gather(*(state.stick("t:race", i % 4, 60.0) for i in range(40)))
+    assert max(results) == 3
+    assert await state.stick("t:race", -1, 60.0) == 3
+
+
+async def test_sqlite_keeps_stuck_levels_across_a_restart(tmp_path: Path):
+    path = tmp_path / "levels.db"
+    store = await SqliteState(path).open()
+    await store.stick("t:kept", 2, 60.0)
+    await store.close()
+    again = await SqliteState(path).open()
+    try:
+        assert await again.stick("t:kept", 0, 60.0) == 2
+    finally:
+        await again.close()
+
+
 async def test_sqlite_opens_a_file_from_before_the_ledger_and_adds_its_columns(tmp_path: Path):
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
