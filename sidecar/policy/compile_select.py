@@ -67,14 +67,7 @@ class SelectSections:
         """The route's selection and its targets, every tier's, cheapest first."""
         b = e.body
         raw, cascade = b.get("select"), b.get("cascade")
-        if raw is not None and "targets" in b:
-            self.problems.append(
-                e.problem(f"route '{e.name}': give targets or select.tiers, not both", "targets")
-            )
-        if raw is None:
-            if "targets" not in b:
-                self.problems.append(e.problem(f"route '{e.name}' needs targets (or select)"))
-                return None, []
+        if raw is None:  # the structure check made sure of one of the two
             targets = targets_of(b["targets"], "targets")
             if cascade is None:
                 return None, targets

@@ -87,6 +87,7 @@ _KNOWN = {
     "keysrules",
     "valuesrules",
     "anyof",
+    "excludes",  # with `required` on both sides: exactly one of two keys (see `_mapping`)
 }
 
 
@@ -165,9 +166,12 @@ def _rule(rule: dict[str, Any], env_ok: bool = True) -> dict[str, Any]:
 def _mapping(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A cerberus `schema` for a dict: known keys only (cerberus rejects unknown ones)."""
     out: dict[str, Any] = {"properties": {name: _rule(r) for name, r in fields.items()}}
-    required = [name for name, r in fields.items() if r.get("required")]
+    required = [n for n, r in fields.items() if r.get("required") and "excludes" not in r]
     if required:
         out["required"] = required
+    one_of = [n for n, r in fields.items() if r.get("required") and "excludes" in r]
+    if one_of:
+        out["oneOf"] = [{"required": [n]} for n in one_of]
     out["additionalProperties"] = False
     return out
 

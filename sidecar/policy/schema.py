@@ -305,7 +305,14 @@ SELECT: dict[str, Any] = {
 
 ROUTE: dict[str, Any] = {
     "match": {"type": "dict", "schema": MATCH},
-    "targets": {"type": "list", "minlength": 1, "schema": TARGET},  # or select.tiers
+    # one of the two: targets tried in order, or tiers chosen per request
+    "targets": {
+        "type": "list",
+        "required": True,
+        "excludes": "select",
+        "minlength": 1,
+        "schema": TARGET,
+    },
     "retry": {"type": "dict", "schema": RETRY},
     "timeout": DURATION,
     "first_token_timeout": DURATION,
@@ -323,7 +330,7 @@ ROUTE: dict[str, Any] = {
     "prompt_cache": PROMPT_CACHE_ROUTE,
     "prompt": {"type": "dict", "schema": PROMPT},
     "max_output_tokens": MAX_OUTPUT,
-    "select": {"type": "dict", "schema": SELECT},
+    "select": {"type": "dict", "required": True, "excludes": "targets", "schema": SELECT},
     "cascade": {"type": "dict", "schema": CASCADE},
 }
 
