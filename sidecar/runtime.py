@@ -18,15 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.pipeline.pricing import cost_usd
 from sidecar.policy.holder import PolicyHolder
-from sidecar.policy.model import Policy, StateConfig
+from sidecar.policy.model import ClassifierSpec, Policy, StateConfig
 from sidecar.policy.problems import PolicyInvalid, Problem
+from sidecar.policy.schema import USAGE_SCOPES
 from sidecar.providers.base import Provider
 from sidecar.providers.pool import ProviderPool
-from sidecar.stores import Stores
+from sidecar.stores import Stores, keys
 from sidecar.stores.backends import apply_settings, open_state, same_store
+from sidecar.stores.classifiers import Record
 from sidecar.stores.holds import Closer, Holds
-from sidecar.stores.state import State, StoreUnavailable
+from sidecar.stores.state import LEVERS, State, StoreUnavailable, Usage
 from sidecar.telemetry.recorder import Telemetry
 
 log = logging.getLogger("sidecar.policy")
@@ -59,6 +62,7 @@ class Runtime:
         self.policy: PolicyHolder[Snapshot] = PolicyHolder(folder, self._build, env)
         self.pool = ProviderPool()
         self.stores = Stores()
+        self.stores.classifiers.folder = state_dir / "llm-sidecar-embeddings"
         self.telemetry.watch_circuits(self.stores.breakers)
         self._state: tuple[StateConfig, State] | None = None
         # A state backend a reload replaced closes when its last snapshot ends.
@@ -91,7 +95,34 @@ class Runtime:
             snapshot, (r.cache for r in policy.routes.values() if r.cache is not None)
         )
         self._state_holds.hold(snapshot, (state,))
+        await self.stores.classifiers.update(policy, snapshot.providers, self._embedded(state))
         return snapshot
+
+    def _embedded(self, state: State) -> Record:
+        """How a tier classifier's examples are accounted when they are embedded: usage
+        rows for the route and the embedding model (no request), their cost a negative
+        `selection` lever, as a request's own classifier embedding is."""
+
+        async def record(spec: ClassifierSpec, tokens: int) -> None:
+            cost = cost_usd(spec.model.price, tokens, 0)
+            saved = tuple(-cost if lever == "selection" else 0.0 for lever in LEVERS)
+            values = {"global": "*", "route": spec.route, "model": spec.model.name}
+            now = time.time()
+            rows = tuple(
+                (key, expires)
+                for scope in USAGE_SCOPES
+                for window in keys.WINDOWS
+                for key, _, expires in (keys.row(window, scope, values.get(scope, "(none)"), now),)
+            )
+            try:
+                await state.settle(None, rows, Usage(0, tokens, 0, 0, cost, -cost, saved))
+            except StoreUnavailable as exc:
+                log.error("state store unavailable (%s): an embedding is not recorded", exc)
+            attrs = {"sidecar.route": spec.route, "sidecar.model": spec.model.name}
+            self.telemetry.cost.add(cost, attrs)
+            self.telemetry.cost_saved.add(-cost, {**attrs, "sidecar.lever": "selection"})
+
+        return record
 
     async def _state_for(self, config: StateConfig) -> State:
         """The state backend `config` asks for: the current one while it is the same store
@@ -117,6 +148,7 @@ class Runtime:
     def status(self) -> dict[str, Any]:
         body = self.policy.status()
         body["circuits"] = self.stores.breakers.describe()
+        body["classifiers"] = self.stores.classifiers.describe()
         return body
 
     async def refresh_budget_gauges(self) -> None:
@@ -126,6 +158,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.stores.micro_batches.close()
+        await self.stores.classifiers.close()
         await self.pool.close()
         await self.stores.caches.close()
         await self._closer.wait()

@@ -60,6 +60,13 @@ class RequestContext:
     attempts: int = 0
     answered_by: Model | None = None
     failures: list[FailedAttempt] = field(default_factory=list)
+    # select, escalate (model selection: pipeline/select.py, escalate.py)
+    tier: str | None = None  # the tier that answered (chosen before the call, or escalated to)
+    tier_rank: int = -1  # its place on the route's ladder; -1: no selection
+    tier_reason: str | None = None  # rule | classifier | unsure | unavailable | default | sticky
+    escalations: int = 0  # answers a cascade rejected (never shown to the app)
+    rejected: list[str] = field(default_factory=list)  # "tier:check" of each
+    conversation: str | None = None  # the sticky key of this conversation
     # the savings ledger (pipeline/ledger.py)
     spend: list[Spend] = field(default_factory=list)  # every call paid for, in order
     purpose: str = ANSWER  # what the next call charged is for (after a discard: a retry)
@@ -105,4 +112,7 @@ class RequestContext:
             headers["x-sidecar-downgraded"] = self.downgraded_by
         if self.trimmed_messages:
             headers["x-sidecar-trimmed"] = str(self.trimmed_messages)
+        if self.tier is not None:
+            headers["x-sidecar-tier"] = self.tier
+            headers["x-sidecar-escalations"] = str(self.escalations)
         return headers

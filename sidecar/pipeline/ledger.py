@@ -15,7 +15,8 @@ left, so the levers always add up to baseline - actual:
       - batch         the provider batch discount
                                                                           = the answer's cost
       - every other call, whole, against the lever that made it:
-        a semantic lookup's embedding → cache, a refined validation retry → retry,
+        a semantic lookup's embedding → cache, a tier classifier's → selection,
+        a refined validation retry → retry,
         a losing hedge → hedge, a rejected cascade step → escalation, a sampled
         verification call → shadow
 
@@ -54,9 +55,11 @@ HEDGE = "hedge"
 ESCALATION = "escalation"
 SHADOW = "shadow"
 EMBED = "embed"
+CLASSIFY = "classify"  # the request's embedding for the tier classifier
 # The lever each kind of extra call counts against.
 AGAINST = {RETRY: "retry", HEDGE: "hedge", ESCALATION: "escalation", SHADOW: "shadow"}
 AGAINST[EMBED] = "cache"
+AGAINST[CLASSIFY] = "selection"
 HITS = frozenset({"hit", "semantic-hit"})
 
 _AT = {name: i for i, name in enumerate(LEVERS)}

@@ -2,8 +2,10 @@
 
     identify caller → match route → prepare (normalise, trim to the input budget, cap the
       output) → admit (limits, queue, budgets) → cache lookup
-      → enforce (ask providers for schema-shaped output) → dispatch (retries, fallback,
-        breakers, hedging)
+      → select (the route's tier: rules, classifier, sticky conversations)
+      → enforce (ask providers for schema-shaped output)
+      → escalate: dispatch (retries, fallback, breakers, hedging) to the tier, and up the
+        route's tiers while a cascade's checks reject the answer
       → validate (schema; refined retries, fallback, default) → meter
     … a JSON answer is stored in the cache, then goes out (a stream goes out as it comes) …
     finish: release what admit took, store in the cache (what is left to store) — the
@@ -32,12 +34,13 @@ from sidecar.pipeline.account import record
 from sidecar.pipeline.admit import admit, note_output, release
 from sidecar.pipeline.cache import land, lookup, remember, store
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.dispatch import dispatch
 from sidecar.pipeline.enforce import enforce
+from sidecar.pipeline.escalate import escalate
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.meter import meter
 from sidecar.pipeline.prepare import prepare
 from sidecar.pipeline.route import route
+from sidecar.pipeline.select import select
 from sidecar.pipeline.validate import validate
 from sidecar.providers.base import Reply
 
@@ -72,10 +75,11 @@ async def run(ctx: RequestContext, deferral: Deferral | None = None) -> Reply:
     if hit is not None:
         return hit
     try:
+        await select(ctx)
         enforce(ctx)
         if deferral is not None:
-            await deferral.hand_over(ctx)
-        reply = await dispatch(ctx)
+            await deferral.hand_over(ctx)  # to the chosen tier's targets
+        reply = await escalate(ctx)
     except SidecarError as exc:
         land(ctx, exc)  # identical requests waiting on this one's answer share its failure
         raise

@@ -108,6 +108,21 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
     )
 
 
+def conforms(ctx: RequestContext, answer: dict[str, Any]) -> list[str] | None:
+    """What is wrong with `answer` under the route's output schema, as this stage would
+    judge it ([] when nothing); None when the route checks no schema for this request.
+    A cascade's acceptance check (pipeline/accept.py) asks this before it spares the next
+    tier, so a cheap answer is held to the same schema as the one the app gets."""
+    out = ctx.route.output if ctx.route else None
+    if out is None:
+        return None
+    validator, tool = _validator_for(ctx, out)
+    if validator is None:
+        return None
+    nulls = out.native.nulls if out.native is not None and tool is None else None
+    return _check(_text(answer, tool), validator, out.lenient, nulls).errors
+
+
 def _validator_for(ctx: RequestContext, out: OutputPolicy) -> tuple[Any, str | None]:
     """The validator, and the forced tool's name when tool arguments are what is checked."""
     body = ctx.client_body

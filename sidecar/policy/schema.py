@@ -459,9 +459,28 @@ def structure_errors(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
     if validator.validate(data):
         return []
     return sorted(
-        ((tuple(e.document_path), _message(e)) for e in _leaves(validator._errors)),
+        (
+            (tuple(e.document_path), _message(e))
+            for e in _leaves(validator._errors)
+            if not _excused(e, data)
+        ),
         key=lambda pm: [str(p) for p in pm[0]],
     )
+
+
+def _excused(error: ValidationError, data: dict[str, Any]) -> bool:
+    """A key `required` unless another one is there (`excludes`), when the other is there
+    but wrong: its own error says what is wrong, the first would only mislead."""
+    if error.code != 0x02:
+        return False
+    parent: Any = data
+    for part in error.document_path[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    other = _EXCLUSIVE.get(error.field)
+    return isinstance(parent, dict) and other in parent
+
+
+_EXCLUSIVE = {"targets": "select", "select": "targets"}
 
 
 def _leaves(errors: list[ValidationError]) -> Iterator[ValidationError]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sidecar.stores.answer_sizes import AnswerSizes
 from sidecar.stores.breakers import Breakers
 from sidecar.stores.caches import Caches
+from sidecar.stores.classifiers import Classifiers
 from sidecar.stores.lines import Lines
 from sidecar.stores.micro_batches import MicroBatches
 from sidecar.stores.settlements import Settlements
@@ -26,3 +27,4 @@ class Stores:
     settlements: Settlements = field(default_factory=Settlements)
     answer_sizes: AnswerSizes = field(default_factory=AnswerSizes)
     micro_batches: MicroBatches = field(default_factory=MicroBatches)  # embeddings calls
+    classifiers: Classifiers = field(default_factory=Classifiers)

@@ -127,6 +127,20 @@ class Telemetry:
         self.trimmed_tokens = Counter(
             "sidecar.prompt.trimmed_tokens", "{token}", "Input tokens removed, estimated"
         )
+        # Model selection (pipeline/select.py, escalate.py): which tier answered and why,
+        # what a cascade's checks said, and what its rejected answers cost.
+        self.tiers = Counter(
+            "sidecar.selection.requests", "{request}", "Answered requests by tier and reason"
+        )
+        self.cascade_answers = Counter(
+            "sidecar.cascade.answers", "{answer}", "Checked answers: accepted or escalated"
+        )
+        self.cascade_checks = Counter(
+            "sidecar.cascade.checks", "{check}", "Acceptance checks by tier, check and result"
+        )
+        self.escalation_cost = Counter(
+            "sidecar.cascade.escalation.cost", "USD", "What rejected answers cost"
+        )
         self._own: list[Counter | ExplicitHistogram] = [
             v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)
         ]

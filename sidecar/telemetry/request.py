@@ -53,6 +53,15 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         tel.ttfc.record(first, attrs)
         if tel.ttft is not None:
             tel.ttft.record(first, attrs)
+    if ctx.tier is not None and model is not None:
+        tel.tiers.add(
+            1,
+            {
+                "sidecar.route": route,
+                "sidecar.tier": ctx.tier,
+                "sidecar.tier.reason": ctx.tier_reason,
+            },
+        )
     ledger = ctx.ledger
     if ctx.cache is not None:  # the route has a cache: what its lookup found
         tel.cache.add(1, {"sidecar.route": route, "result": ctx.cache})
@@ -104,6 +113,12 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         extra["sidecar.fallback_reason"] = reason
     if ctx.downgraded_by:
         extra["sidecar.downgraded_by"] = ctx.downgraded_by
+    if ctx.tier is not None:
+        extra["sidecar.tier"] = ctx.tier
+        extra["sidecar.tier.reason"] = ctx.tier_reason or ""
+        extra["sidecar.escalations"] = ctx.escalations
+        if ctx.rejected:
+            extra["sidecar.cascade.rejected"] = ctx.rejected
     span.set_attributes({**attrs, **extra})
     if status >= 500 or error is not None:
         span.set_status(Status(StatusCode.ERROR))

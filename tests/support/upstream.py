@@ -38,6 +38,7 @@ class Behaviour:
     raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
     refuse_input: str | None = None  # embeddings: a 400 for any call with this input
     usage: dict[str, Any] | None = None  # what the answers report (default: 7 in, 3 out)
+    logprob: float | None = None  # each token's, when the request asks for logprobs
 
 
 class FakeOpenAI(FakeServer[Behaviour]):
@@ -114,14 +115,24 @@ class FakeOpenAI(FakeServer[Behaviour]):
         text = b.reply
         if b.replies:
             text = b.replies.pop(0) if len(b.replies) > 1 else b.replies[0]
+        logprob = b.logprob if body.get("logprobs") else None
         if not body.get("stream"):
             answer = completion(model, text, b.usage)
             answer["choices"][0]["finish_reason"] = b.finish_reason
+            if logprob is not None:
+                answer["choices"][0]["logprobs"] = {
+                    "content": [_token(w, logprob) for w in text.split(" ")]
+                }
             return web.json_response(answer)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         events = stream_events(
-            model, text, (body.get("stream_options") or {}).get("include_usage", False), b.usage
+            model,
+            text,
+            (body.get("stream_options") or {}).get("include_usage", False),
+            b.usage,
+            logprob,
+            b.finish_reason,
         )
         try:
             for i, event in enumerate(events):
@@ -178,8 +189,17 @@ def completion(model: str, text: str, usage: dict[str, Any] | None = None) -> di
     }
 
 
+def _token(word: str, logprob: float) -> dict[str, Any]:
+    return {"token": word, "logprob": logprob, "bytes": list(word.encode()), "top_logprobs": []}
+
+
 def stream_events(
-    model: str, text: str, include_usage: bool, usage: dict[str, Any] | None = None
+    model: str,
+    text: str,
+    include_usage: bool,
+    usage: dict[str, Any] | None = None,
+    logprob: float | None = None,
+    finish_reason: str = "stop",
 ) -> list[bytes]:
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
@@ -196,18 +216,12 @@ def stream_events(
         event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     ]
     for i, word in enumerate(text.split(" ")):
-        events.append(
-            event(
-                [
-                    {
-                        "index": 0,
-                        "delta": {"content": word if i == 0 else " " + word},
-                        "finish_reason": None,
-                    }
-                ]
-            )
-        )
-    events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        piece = word if i == 0 else " " + word
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+        if logprob is not None:
+            choice["logprobs"] = {"content": [_token(piece, logprob)]}
+        events.append(event([choice]))
+    events.append(event([{"index": 0, "delta": {}, "finish_reason": finish_reason}]))
     if include_usage:
         events.append(event([], usage=usage or USAGE))
     events.append(b"data: [DONE]\n\n")
