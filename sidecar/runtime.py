@@ -104,7 +104,7 @@ class Runtime:
         `selection` lever, as a request's own classifier embedding is."""
 
         async def record(spec: ClassifierSpec, tokens: int) -> None:
-            cost = cost_usd(spec.model.price, tokens, 0)
+            cost = cost_usd(spec.model.price, tokens, 0, 0)
             saved = tuple(-cost if lever == "selection" else 0.0 for lever in LEVERS)
             values = {"global": "*", "route": spec.route, "model": spec.model.name}
             now = time.time()

@@ -156,13 +156,17 @@ class Classifiers:
                 )
                 slot.tried.set()
                 return
-            except (UpstreamError, OSError, ValueError) as exc:
+            except Exception as exc:  # an embedder down, a bad answer, a full disk
                 slot.state = "failed"
-                slot.error = exc.message if isinstance(exc, UpstreamError) else repr(exc)[:200]
+                if isinstance(exc, UpstreamError):
+                    slot.error = exc.message
+                else:
+                    log.exception("route %s: building the tier classifier failed", spec.route)
+                    slot.error = f"{type(exc).__name__} (see the log)"
                 keeping = (
                     "keeping the last good classifier"
                     if slot.classifier
-                    else ("its requests get the default tier")
+                    else "its requests get the default tier"
                 )
                 log.warning(
                     "route %s: cannot embed the tier examples (%s); %s; trying again in %gs",
