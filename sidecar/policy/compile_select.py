@@ -85,7 +85,7 @@ class SelectSections:
         for rank, (name, tier) in enumerate(tiers_raw.items()):
             top = rank == len(tiers_raw) - 1
             own = tier.get("cascade")
-            if own and top:
+            if own is not None and own is not False and top:
                 self.problems.append(
                     e.problem(
                         f"route '{e.name}': tier '{name}' is the top tier; its answers have "
@@ -97,7 +97,7 @@ class SelectSections:
                     )
                 )
             accept = None
-            if own:
+            if own is not None and own is not False:
                 accept = self._acceptance(e, own, ("select", "tiers", name, "cascade"))
             elif own is None and not top:
                 accept = route_wide

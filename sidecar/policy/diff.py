@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.policy.folder import read_folder
+from sidecar.policy.diff_examples import SECTION as EXAMPLES
+from sidecar.policy.diff_examples import changes as examples_changes
+from sidecar.policy.folder import FolderRead, read_folder
 from sidecar.policy.problems import PolicyInvalid, Problem
 from sidecar.policy.schema import SECTIONS, SINGLE_SECTIONS
-from sidecar.policy.source import SourceFile, content_hash, parse
+from sidecar.policy.source import SourceFile, parse
 
 ORDER = (*SECTIONS, *SINGLE_SECTIONS)
 # Fields that may hold a credential: shown only when they are `${NAME}` references.
@@ -78,7 +80,8 @@ class _Entry:
 
 def compare(old: Path, new: Path) -> PolicyDiff:
     """Raises PolicyInvalid when a folder is missing or a file is not readable YAML."""
-    old_files, new_files = _files(old), _files(new)
+    old_read, new_read = _read(old), _read(new)
+    old_files, new_files = old_read.files, new_read.files
     before, after = _entries(old_files), _entries(new_files)
     changes = []
     for section in ORDER:
@@ -87,16 +90,18 @@ def compare(old: Path, new: Path) -> PolicyDiff:
             change = _entry_change(section, name, a.get(name), b.get(name), after)
             if change is not None:
                 changes.append(change)
-    return PolicyDiff(
-        str(old), str(new), content_hash(old_files), content_hash(new_files), tuple(changes)
-    )
+    for name, change, fields in examples_changes(old_read.data, new_read.data):
+        where = f"{name}:1"
+        shown = tuple(FieldChange(p, UNSET if a is None else a, b) for p, a, b in fields)
+        changes.append(EntryChange(EXAMPLES, name, change, where, shown))
+    return PolicyDiff(str(old), str(new), old_read.version, new_read.version, tuple(changes))
 
 
-def _files(folder: Path) -> list[SourceFile]:
+def _read(folder: Path) -> FolderRead:
     read = read_folder(folder)
     if read.problems:
         raise PolicyInvalid(read.problems)
-    return read.files
+    return read
 
 
 def _entries(files: list[SourceFile]) -> dict[str, dict[str, _Entry]]:
