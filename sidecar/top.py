@@ -207,6 +207,7 @@ def render(
         f"cache     hits {hits} (semantic {_num(lookups.get('semantic-hit', 0))})"
         f"   bypassed {_num(lookups.get('bypass', 0))}   saved {saved:.6f} USD",
         "outputs   " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),
+        _tiers(win),
         _savings(now),
         "",
     ]
@@ -302,6 +303,40 @@ def _savings(metrics: Mapping[str, Any]) -> str:
     share = f" ({100 * saved / would:.1f}%)" if would else ""
     by = "   ".join(f"{k} {v:.6f}" for k, v in sorted(levers.items(), key=lambda kv: -kv[1]))
     return f"savings   would have cost {would:.6f} USD, saved {saved:.6f}{share}   {by}".rstrip()
+
+
+def _tiers(metrics: Mapping[str, Any]) -> str:
+    """Model selection over the window: requests answered per tier, the share of each
+    checked tier's answers its cascade accepted, the checks that failed, and what the
+    rejected answers cost."""
+    answered = total(metrics, "sidecar.selection.requests", by="sidecar.tier")
+    if not any(answered.values()):
+        return "tiers     -"
+    outcomes: dict[str, dict[str, float]] = {}
+    for p in points(metrics, "sidecar.cascade.answers"):
+        a = p["attributes"]
+        tier = outcomes.setdefault(str(a.get("sidecar.tier")), {})
+        tier[str(a.get("outcome"))] = tier.get(str(a.get("outcome")), 0.0) + p["value"]
+    parts = []
+    for tier, n in sorted(answered.items(), key=lambda kv: -kv[1]):
+        seen = outcomes.get(tier, {})
+        judged = seen.get("accepted", 0.0) + seen.get("escalated", 0.0)
+        rate = f" (accepted {100 * seen.get('accepted', 0.0) / judged:.0f}%)" if judged else ""
+        parts.append(f"{tier} {_num(n)}{rate}")
+    failed: dict[str, float] = {}
+    for p in points(metrics, "sidecar.cascade.checks"):
+        if p["attributes"].get("result") == "fail":
+            check = str(p["attributes"].get("sidecar.check"))
+            failed[check] = failed.get(check, 0.0) + p["value"]
+    cost = sum(total(metrics, "sidecar.cascade.escalation.cost").values())
+    escalated = sum(o.get("escalated", 0.0) for o in outcomes.values())
+    line = "tiers     " + "   ".join(parts) + f"   escalations {_num(escalated)}"
+    if escalated:
+        reasons = ", ".join(
+            f"{k} {_num(v)}" for k, v in sorted(failed.items(), key=lambda kv: -kv[1])
+        )
+        line += f" ({reasons}) cost {cost:.6f} USD"
+    return line
 
 
 def _budget(attributes: Mapping[str, Any]) -> tuple[str, str, str]:

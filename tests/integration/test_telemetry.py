@@ -61,7 +61,9 @@ def make(otlp: OtlpReceiver, upstream: FakeOpenAI, sidecars: Sidecars) -> Make:
     the environment it is given. `otlp` is set up first, so it is torn down after the
     sidecars: their last export at stop finds it there instead of waiting out a timeout."""
 
-    async def start(extra: str = "", env: Mapping[str, str] | None = None) -> Sidecar:
+    async def start(
+        extra: str = "", env: Mapping[str, str] | None = None, routes: str = ""
+    ) -> Sidecar:
         models = "\n".join(
             f"  {m}: {{provider: main, name: up-{m}, price: {{input: {i}, output: {o}}}}}"
             for m, (i, o) in PRICES.items()
@@ -76,6 +78,7 @@ routes:
   r: {{targets: [a, b], retry: {{attempts: 1}}}}
   retrying: {{targets: [c], retry: {{attempts: 3, backoff: 10ms}}}}
   cached: {{targets: [a], cache: answers}}
+{routes}
 cache:
   answers: {{mode: exact}}
 {extra}
@@ -737,3 +740,32 @@ def test_bucket_constants_are_the_conventions() -> None:
     assert tuple(float(b) for b in TOKEN_BUCKETS) == TOKEN_BOUNDS
     assert TTFT_BUCKETS == TTFT_BOUNDS
     assert math.isclose(DURATION_BOUNDS[-1], 0.01 * 2**13)
+
+
+async def test_an_escalated_request_s_span_says_its_tier_and_what_was_rejected(
+    make: Make, upstream: FakeOpenAI, otlp: OtlpReceiver
+):
+    sc = await make(
+        routes="  tiered:\n"
+        "    select: {tiers: {low: {targets: [a]}, high: {targets: [b]}}, default: low}\n"
+        "    cascade: {}\n"
+    )
+    upstream.behave("up-a", reply="I'm sorry, I can't help with that.")
+    headers = await ask(sc, "tiered")
+    trace_id = headers["x-sidecar-trace-id"]
+    await collect(sc.telemetry, otlp, lambda: len(otlp.trace(trace_id)) == 3)
+    [server] = [s for s in otlp.trace(trace_id) if s.kind == "SERVER"]
+    attributes = server.attributes
+    assert attributes["sidecar.tier"] == "high"
+    assert attributes["sidecar.tier.reason"] == "default"
+    assert attributes["sidecar.escalations"] == 1
+    assert attributes["sidecar.cascade.rejected"] == ["low:refusal"]
+    assert attributes["sidecar.model"] == "b"
+    assert [c.name for c in otlp.children(server)] == ["chat up-a", "chat up-b"]
+    await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.cascade.answers") == 1)
+    [point] = otlp.latest("sidecar.selection.requests")
+    assert point.attributes == {
+        "sidecar.route": "tiered",
+        "sidecar.tier": "high",
+        "sidecar.tier.reason": "default",
+    }

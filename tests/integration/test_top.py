@@ -160,3 +160,35 @@ async def test_top_once_shows_what_the_ledger_saved_by_lever(tmp_path: Path, ups
     # ROUTE ... COST USD, SAVED USD
     assert row(text, "picked")[-2:] == [f"{cheap:.6f}", f"{dear - cheap:.6f}"]
     assert row(text, "cached")[-1] == f"{2 * dear:.6f}"
+
+
+async def test_top_once_shows_tiers_acceptance_and_escalations(
+    tmp_path: Path, upstream: FakeOpenAI
+):
+    policy = f"""\
+        providers:
+          main: {{type: openai, base_url: {upstream.base_url}}}
+        models:
+          dear: {{provider: main, name: up-dear, price: {{input: 3000, output: 15000}}}}
+          cheap: {{provider: main, name: up-cheap, price: {{input: 1000, output: 4000}}}}
+        routes:
+          chat:
+            select:
+              tiers:
+                small: {{targets: [cheap]}}
+                large: {{targets: [dear]}}
+              default: small
+            cascade: {{}}
+        """
+    upstream.behave("up-cheap", replies=["fine", "fine", "fine", "I'm sorry, I cannot help."])
+
+    async def send(client: openai.AsyncOpenAI) -> None:
+        for _ in range(4):
+            await client.chat.completions.create(model="chat", messages=MESSAGES)
+
+    text = await traffic_then_top(tmp_path, policy, send)
+    cheap = (7 * 1000 + 3 * 4000) / 1e6
+    assert row(text, "tiers") == [
+        *("tiers", "small", "3", "(accepted", "75%)", "large", "1", "escalations", "1"),
+        *("(refusal", "1)", "cost", f"{cheap:.6f}", "USD"),
+    ]

@@ -39,6 +39,9 @@ LABELS = {
     "sidecar_budget_scope_value",
     "sidecar_output",
     "sidecar_lever",
+    "sidecar_tier",
+    "sidecar_tier_reason",
+    "sidecar_check",
 }
 
 
@@ -125,6 +128,9 @@ def test_every_metric_the_dashboard_queries_is_one_the_sidecar_exports():
         "sidecar_output_validations_total",
         "sidecar_cost_baseline_USD_total",  # spent vs would have spent
         "sidecar_cost_saved_USD",  # saved by lever
+        "sidecar_selection_requests_total",  # model selection: requests per tier
+        "sidecar_cascade_checks_total",  # acceptance per tier and check
+        "sidecar_cascade_escalation_cost_USD_total",
     ):
         assert needed in queried, needed
     assert any("histogram_quantile(0.99" in e for e in exprs)

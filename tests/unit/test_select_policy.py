@@ -41,7 +41,10 @@ routes:
     targets: [mini, big]
     cascade: {schema: false}
 """
-GOOD = '{"text": "where is my order", "tier": "small"}\n{"text": "compute my refund", "tier": "large"}\n'
+GOOD = (
+    '{"text": "where is my order", "tier": "small"}\n'
+    '{"text": "compute my refund", "tier": "large"}\n'
+)
 
 
 def folder(tmp_path: Path, policy: str = POLICY, examples: str | None = GOOD) -> Path:
@@ -75,20 +78,28 @@ def test_a_good_selection_compiles_into_a_ladder(tmp_path: Path):
         ("large", 1, ["big", "mini"]),
     ]
     assert [t.model.name for t in chat.targets] == ["mini", "big"]  # every tier's, in order
-    assert chat.baseline is not None and chat.baseline.name == "big"
-    assert tiers[0].accept is not None and tiers[0].accept.min_logprob == -0.7
+    assert chat.baseline is not None
+    assert chat.baseline.name == "big"
+    assert tiers[0].accept is not None
+    assert tiers[0].accept.min_logprob == -0.7
     assert tiers[1].accept is None  # the top tier: nothing to escalate to
-    assert chat.select.default == 0 and chat.select.sticky == 1800.0
+    assert chat.select.default == 0
+    assert chat.select.sticky == 1800.0
     rule = chat.select.rules[1]
-    assert rule.rank == 1 and rule.tools is False
-    assert rule.patterns[0].search("a REFUND please") and not rule.patterns[0].search("refunds")
+    assert rule.rank == 1
+    assert rule.tools is False
+    assert rule.patterns[0].search("a REFUND please")
+    assert not rule.patterns[0].search("refunds")
     spec = chat.select.classifier
-    assert spec is not None and spec.texts == ("where is my order", "compute my refund")
-    assert spec.labels == (0, 1) and spec.k == 3
+    assert spec is not None
+    assert spec.texts == ("where is my order", "compute my refund")
+    assert spec.labels == (0, 1)
+    assert spec.k == 3
     ladder = policy.routes["ladder"].select
     assert ladder is not None
     assert [t.name for t in ladder.tiers] == ["mini", "big"]  # a cascade without tiers
-    assert ladder.tiers[0].accept is not None and ladder.tiers[0].accept.schema is False
+    assert ladder.tiers[0].accept is not None
+    assert ladder.tiers[0].accept.schema is False
 
 
 def test_the_examples_file_is_in_the_policy_s_version(tmp_path: Path):
