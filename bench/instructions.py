@@ -1,6 +1,6 @@
 """Instructions per request: the CPU cost of a change, where wall-clock numbers are noise.
 
-    python bench/instructions.py [--seconds 30] [--stream] SRC [SRC ...]
+    python bench/instructions.py [--seconds 30] [--stream] [--select] SRC [SRC ...]
 
 On a shared VM req/s and CPU time drift 15-30 % from one minute to the next, so a change
 worth a few percent cannot be seen with bench/run.py. Instructions executed do not drift:
@@ -14,6 +14,10 @@ measures within about 0.1 % run to run here.
 It counts work, not waiting: it says whether a change makes the sidecar do less, not how
 the sidecar behaves under contention (bench/run.py does). Needs valgrind and wrk (Debian
 packages) and taskset; about two minutes per SRC. The upstream is bench/fake_upstream.py.
+
+`--select` serves the route with model selection (two tiers, four rules on the request's
+features, no classifier): against a run without it on the same tree, what choosing a tier
+before the call costs per request.
 """
 
 from __future__ import annotations
@@ -40,16 +44,33 @@ models:
 routes:
   chat: {{targets: [m]}}
 """
+SELECT = """\
+providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{port}/v1", api_key: bench-key}}
+models:
+  m: {{provider: up, name: bench-model}}
+  big: {{provider: up, name: bench-model-big}}
+routes:
+  chat:
+    select:
+      tiers: {{small: {{targets: [m]}}, large: {{targets: [big]}}}}
+      default: small
+      rules:
+        - {{tier: large, min_input_tokens: 20000}}
+        - {{tier: large, images: true}}
+        - {{tier: large, min_turns: 12}}
+        - {{tier: large, keywords: [step by step, prove, refactor]}}
+"""
 
 
 def count(
-    src: Path, upstream: int, tmp: Path, body: bytes, seconds: int, load: bool
+    src: Path, upstream: int, tmp: Path, body: bytes, seconds: int, load: bool, policy: str
 ) -> tuple[int, int]:
     """(instructions, requests) of one callgrind run of the sidecar in `src`."""
     run_dir = Path(tempfile.mkdtemp(dir=tmp))
     policies = run_dir / "policies"
     policies.mkdir()
-    (policies / "bench.yaml").write_text(POLICY.format(port=upstream))
+    (policies / "bench.yaml").write_text(policy.format(port=upstream))
     port, ops_port = harness.free_port(), harness.free_port()
     argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     argv += [str(VENV_PY), "-m", "sidecar", "serve", "--policies", str(policies)]
@@ -79,6 +100,7 @@ def main() -> int:
     p.add_argument("src", nargs="+", type=Path, help="folders holding a `sidecar` package")
     p.add_argument("--seconds", type=int, default=30, help="load time (default 30)")
     p.add_argument("--stream", action="store_true", help="streamed answers instead of JSON")
+    p.add_argument("--select", action="store_true", help="a route with tiers and rules")
     args = p.parse_args()
     for tool in ("valgrind", "wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -97,8 +119,9 @@ def main() -> int:
             kind = "stream" if args.stream else "JSON"
             for src in args.src:
                 where = (src.resolve(), upstream_port, Path(tmp), body, args.seconds)
-                idle, warm = count(*where, load=False)
-                busy, total = count(*where, load=True)
+                policy = SELECT if args.select else POLICY
+                idle, warm = count(*where, load=False, policy=policy)
+                busy, total = count(*where, load=True, policy=policy)
                 n = total - warm
                 per = (busy - idle) / max(1, n)
                 print(f"{src}: {per:,.0f} instructions per {kind} request ({n} requests)")

@@ -54,6 +54,26 @@ class Row:
     name: str
     overlay: dict[str, Any]
     in_all: bool = True  # part of "all together"
+    files: dict[str, str] = field(default_factory=dict)  # more files in the policy folder
+
+
+DROP = "<drop>"  # an overlay value that removes the key from the base policy
+
+
+def _selection() -> Row:
+    """Issue 18: the classifier picks small or large before the call (examples from
+    bench/tiers, written by tier_examples.py; unsure → large), and the small tier's answers
+    are checked (empty, cut off, refusal or hedge, schema) before the app sees them."""
+    tiers = {"small": {"targets": ["mini"]}, "large": {"targets": ["sonnet"]}}
+    classifier = {"examples": "tiers.jsonl", "model": "embed", "k": 5, "margin": 0.2}
+    route = {"targets": DROP, "select": {"tiers": tiers, "classifier": classifier}}
+    route["cascade"] = {}
+    examples = (BENCH / "tiers" / "examples.jsonl").read_text()
+    return Row(
+        "selection: tiers + cascade",
+        {"routes": {"assistant": route}},
+        files={"tiers.jsonl": examples},
+    )
 
 
 def _cache(mode: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +115,7 @@ ROWS = (
         "normalise whitespace",
         {"routes": {"assistant": {"prompt": {"normalize": ["whitespace", "duplicate_system"]}}}},
     ),
+    _selection(),
 )
 
 
@@ -102,14 +123,20 @@ def merged(*overlays: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for overlay in overlays:
         for key, value in overlay.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if value == DROP and key in out:
+                del out[key]
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
                 out[key] = merged(out[key], value)
             else:
                 out[key] = value
     return out
 
 
-ALL = Row("all together", merged(*(r.overlay for r in ROWS if r.in_all)))
+ALL = Row(
+    "all together",
+    merged(*(r.overlay for r in ROWS if r.in_all)),
+    files={k: v for r in ROWS if r.in_all for k, v in r.files.items()},
+)
 
 
 def base_policy(fake_port: int) -> dict[str, Any]:
@@ -212,6 +239,8 @@ def run_sidecar(
     (folder / "policies").mkdir(parents=True)
     policy = merged(base_policy(fake_port), row.overlay)
     (folder / "policies" / "bench.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    for name, text in row.files.items():
+        (folder / "policies" / name).write_text(text)
     port, ops = harness.free_port(), harness.free_port()
     argv = [str(VENV_PY), "-m", "sidecar", "serve", "--policies", str(folder / "policies")]
     argv += ["--port", str(port), "--ops-host", harness.HOST, "--ops-port", str(ops)]

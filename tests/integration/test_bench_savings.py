@@ -24,6 +24,8 @@ import savings  # noqa: E402
 def test_every_row_is_a_valid_policy(row: savings.Row, tmp_path: Path):
     policy = savings.merged(savings.base_policy(9), row.overlay)
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(policy))
+    for name, text in row.files.items():
+        (tmp_path / name).write_text(text)
     compiled = load_folder(tmp_path, env={})
     assert compiled.routes["assistant"].baseline is compiled.models["sonnet"]
 
@@ -56,3 +58,6 @@ def test_a_tiny_run_prints_the_table_and_its_ledger_matches_the_bill(tmp_path: P
     small = by_name["small model for all"]
     assert small["ledger"]["saved_by_lever"]["selection"] > 0
     assert small["quality"] < 1.0  # the small model fails the complex tasks, visibly
+    together = by_name["all together"]  # issue 18's verified selection is in it
+    assert together["ledger"]["saved_by_lever"]["selection"] > 0
+    assert together["quality"] > small["quality"]
