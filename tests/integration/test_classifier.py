@@ -7,6 +7,7 @@ the default tier and /status says so. Requests never fail for it."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sidecar.app import Sidecar
 from tests.support.sidecar import start_sidecar, write_policy
 from tests.support.upstream import FakeOpenAI
 
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 EXAMPLES = {  # text → (tier, vector)
     "where is my order": ("small", [1.0, 0.0, 0.0]),
     "what is the price": ("small", [0.9, 0.1, 0.0]),
@@ -174,3 +176,35 @@ async def test_an_embedder_down_from_the_start_sends_everything_to_the_default_t
         assert (headers["x-sidecar-tier"], headers["x-sidecar-model"]) == ("large", "big")
     finally:
         await sc.stop()
+
+
+async def test_the_classifier_on_a_held_out_set_through_http(tmp_path: Path, upstream: FakeOpenAI):
+    """bench/tiers: the savings workload's labelled examples, and its tasks asked in words
+    no example used; vectors from the savings bench's embedder (bench/fake_llm.py). An
+    unsure vote gets the default tier, large: right for complex tasks only. 42 of 43 right
+    (bench/selection.py prints the same count)."""
+    sys.path.insert(0, str(BENCH))
+    from fake_llm import embed
+
+    examples = (BENCH / "tiers" / "examples.jsonl").read_text()
+    held_out = [
+        json.loads(line) for line in (BENCH / "tiers" / "held_out.jsonl").read_text().splitlines()
+    ]
+    for text in [json.loads(line)["text"] for line in examples.splitlines()] + [
+        h["text"] for h in held_out
+    ]:
+        upstream.vectors[text] = embed(text)
+    folder = tmp_path / "policies"
+    write_policy(folder, "policy.yaml", policy(upstream.base_url).replace("k: 4", "k: 5"))
+    (folder / "tiers.jsonl").write_text(examples)
+    sc = await start_sidecar(folder)
+    try:
+        tiers = [(await ask(sc, h["text"]))["x-sidecar-tier"] for h in held_out]
+    finally:
+        await sc.stop()
+    right = sum(got == h["tier"] for got, h in zip(tiers, held_out, strict=True))
+    assert (right, len(held_out)) == (42, 43)
+    complex_to_small = sum(
+        got == "small" and h["tier"] == "large" for got, h in zip(tiers, held_out, strict=True)
+    )
+    assert complex_to_small == 0  # the costly mistake: a task the small model gets wrong
