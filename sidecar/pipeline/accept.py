@@ -48,7 +48,10 @@ async def read(reply: Reply) -> Judgement:
             answer = {}
         answer = answer if isinstance(answer, dict) else {}
         return Judgement(answer, None, logprob=_mean(_choice_logprobs(answer)))
-    events = [event async for batch in reply.events for event in batch]
+    try:
+        events = [event async for batch in reply.events for event in batch]
+    finally:
+        await reply.aclose()  # gives the connection back (read whole, it already is)
     return Judgement(assemble(events), events, logprob=_stream_logprob(events))
 
 

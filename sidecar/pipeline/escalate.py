@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from sidecar.errors import TargetsExhausted
+from sidecar.errors import FailedAttempt, TargetsExhausted, UpstreamError
 from sidecar.pipeline.accept import CHECKS, deliver, judge, read
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.dispatch import dispatch
@@ -63,7 +63,12 @@ async def escalate(ctx: RequestContext) -> Reply:
         if accept is None:
             await _stuck(ctx, chosen, first)
             return reply
-        judgement = judge(ctx, accept, await read(reply))
+        try:
+            judgement = judge(ctx, accept, await read(reply))
+        except UpstreamError as exc:  # a stream that broke off before its end: the next tier
+            _fail(ctx, tier.name, exc)
+            rank += 1
+            continue
         _count_checks(ctx, judgement.results)
         failed = judgement.failed
         telemetry = ctx.snapshot.telemetry
@@ -91,6 +96,14 @@ async def escalate(ctx: RequestContext) -> Reply:
             chosen.tiers[rank + 1].name,
         )
         rank += 1
+
+
+def _fail(ctx: RequestContext, tier: str, error: UpstreamError) -> None:
+    model = ctx.answered_by
+    if model is not None:
+        ctx.failures.append(FailedAttempt(model.name, model.provider, error))
+    ctx.rejected.append(f"{tier}:incomplete")
+    log.warning("route %s: tier %s's stream broke off (%s)", ctx.route.name, tier, error.message)  # type: ignore[union-attr]
 
 
 def _count_checks(ctx: RequestContext, results: dict[str, str]) -> None:

@@ -265,3 +265,14 @@ async def test_a_passthrough_stream_is_not_escalated_once_tokens_are_sent(
     assert text == "I am not sure, but it is 12."
     assert (headers["x-sidecar-tier"], headers["x-sidecar-escalations"]) == ("small", "0")
     assert upstream.calls("up-big") == []
+
+
+async def test_a_checked_stream_that_breaks_off_is_answered_by_the_next_tier(
+    sidecars: Sidecars, upstream: FakeOpenAI
+):
+    sc = await sidecars.start(policy(upstream.base_url, CASCADE))
+    upstream.behave("up-small", reply="one two three four five", cut_after=3)
+    upstream.behave("up-big", reply="It is 42.")
+    text, headers = await stream(sc, "streaming")
+    assert text == "It is 42."
+    assert headers["x-sidecar-tier"] == "big"
