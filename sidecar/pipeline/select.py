@@ -57,6 +57,7 @@ async def select(ctx: RequestContext) -> None:
     if chosen.sticky is not None:
         rank, reason = await _stick(ctx, chosen.sticky, rank, reason, features)
     ctx.tier_rank, ctx.tier, ctx.tier_reason = rank, chosen.tiers[rank].name, reason
+    ctx.targets = chosen.tiers[rank].targets  # a job line handed to a provider batch goes there
 
 
 class _Features:
