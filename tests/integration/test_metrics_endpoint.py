@@ -64,6 +64,9 @@ routes:
   limited: {{targets: [b]}}
   queued: {{targets: [c]}}
   checked: {{targets: [d], output: {{schema: obj}}}}
+  tiered:
+    select: {{tiers: {{low: {{targets: [d]}}, high: {{targets: [b]}}}}, default: low}}
+    cascade: {{}}
 limits:
   once: {{scope: route, routes: [limited], requests_per_minute: 1}}
   one-at-a-time: {{scope: route, routes: [queued], max_concurrent: 1, queue: {{max_wait: 5s}}}}
@@ -92,7 +95,8 @@ def client(sc: Sidecar) -> openai.AsyncOpenAI:
 
 async def traffic(sc: Sidecar, upstream: FakeOpenAI) -> None:
     """Something for every panel of the dashboard: a fallback, retries, a stream, a cache
-    miss and hit, a rate-limit rejection, a queue wait, a checked output, budget alerts."""
+    miss and hit, a rate-limit rejection, a queue wait, a checked output, budget alerts, a
+    cascade that escalates."""
     upstream.behave("up-a", status=500)  # r falls back to b
     upstream.behave("up-c", status=503, fail_times=2)  # retrying: two retries, then ok
     upstream.behave("up-d", reply='{"x": 1}')
@@ -112,6 +116,8 @@ async def traffic(sc: Sidecar, upstream: FakeOpenAI) -> None:
             *(api.chat.completions.create(model="queued", messages=MESSAGES) for _ in range(2))
         )
         await api.chat.completions.create(model="checked", messages=MESSAGES)
+        upstream.behave("up-d", reply="I'm sorry, I can't help with that.")
+        await api.chat.completions.create(model="tiered", messages=MESSAGES)  # escalated
 
 
 async def scrape(sc: Sidecar, accept: str | None = None) -> tuple[str, str]:
@@ -156,7 +162,7 @@ async def test_a_scrape_counts_requests_latency_and_cache_as_they_happened(
     assert value(found, "sidecar_requests_total", sidecar_route="limited") == 2
     rejected = value(found, "sidecar_requests_total", http_response_status_code="429")
     assert rejected == 1
-    assert sum(s.value for s in found["sidecar_requests_total"]) == 10
+    assert sum(s.value for s in found["sidecar_requests_total"]) == 11
     # The latency histogram: the conventions' buckets, cumulative, counting every request.
     buckets = [
         s
