@@ -116,6 +116,20 @@ ROWS = (
         {"routes": {"assistant": {"prompt": {"normalize": ["whitespace", "duplicate_system"]}}}},
     ),
     _selection(),
+    # The cascade alone: everything starts on the small tier, and only what its checks
+    # catch (hedges, a total that breaks the schema) is escalated. Not in "all together".
+    Row(
+        "cascade alone (small first)",
+        {
+            "routes": {
+                "assistant": {
+                    "targets": ["mini", "sonnet"],
+                    "cascade": {},
+                }
+            }
+        },
+        in_all=False,
+    ),
 )
 
 
