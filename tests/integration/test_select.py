@@ -55,6 +55,9 @@ TIERS = """
         - {tier: large, min_input_tokens: 200}
         - {tier: large, keywords: [refund, "step by step"]}
         - {tier: large, min_turns: 3}
+        - {tier: large, images: true}
+        - {tier: large, response_format: true}
+        - {tier: large, regex: "^(?:prove|show) that"}
 """
 
 CASCADE = """
@@ -113,6 +116,27 @@ def points(metrics: dict[str, Any], name: str) -> list[tuple[dict[str, Any], flo
         ({"content": "x " * 600}, "large"),  # ~600 estimated input tokens
         ({"content": "go Step by step"}, "large"),
         ({"content": "refunds are nice"}, "small"),  # a whole word, not a prefix
+        ({"content": "prove that 2 + 2 = 4"}, "large"),  # the regular expression
+        ({"content": "I can prove that"}, "small"),
+        ({"content": "x", "response_format": {"type": "json_object"}}, "large"),
+        ({"content": "x", "response_format": {"type": "text"}}, "small"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "what is this?"},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,AA=="},
+                            },
+                        ],
+                    }
+                ]
+            },
+            "large",
+        ),
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
             "large",
