@@ -60,6 +60,7 @@ class Runtime:
         self.pool = ProviderPool()
         self.stores = Stores()
         self.telemetry.watch_circuits(self.stores.breakers)
+        self.telemetry.watch_caches(self.stores.caches)
         self._state: tuple[StateConfig, State] | None = None
         # A state backend a reload replaced closes when its last snapshot ends.
         self._state_holds: Holds[State] = Holds(self._state_released)
@@ -117,6 +118,7 @@ class Runtime:
     def status(self) -> dict[str, Any]:
         body = self.policy.status()
         body["circuits"] = self.stores.breakers.describe()
+        body["caches"] = self.stores.caches.agreements.describe()  # semantic verification
         return body
 
     async def refresh_budget_gauges(self) -> None:

@@ -7,6 +7,7 @@ a failing one and a slow one in the same test. Every request it receives is reco
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ class Behaviour:
     raw_events: list[bytes] | None = None  # streams: send these SSE bytes as they are
     refuse_input: str | None = None  # embeddings: a 400 for any call with this input
     usage: dict[str, Any] | None = None  # what the answers report (default: 7 in, 3 out)
+    tool_calls: list[tuple[str, str]] | None = None  # answer by calling these (name, args)
 
 
 class FakeOpenAI(FakeServer[Behaviour]):
@@ -47,6 +49,7 @@ class FakeOpenAI(FakeServer[Behaviour]):
         super().__init__()
         self.cancelled = 0  # requests whose client went away before we finished
         self.vectors: dict[str, list[float]] = {}  # embeddings the test controls, by input
+        self.embedder: Callable[[str], list[float]] | None = None  # for the other inputs
 
     @property
     def base_url(self) -> str:
@@ -115,13 +118,18 @@ class FakeOpenAI(FakeServer[Behaviour]):
         if b.replies:
             text = b.replies.pop(0) if len(b.replies) > 1 else b.replies[0]
         if not body.get("stream"):
-            answer = completion(model, text, b.usage)
-            answer["choices"][0]["finish_reason"] = b.finish_reason
+            answer = completion(model, text, b.usage, b.tool_calls)
+            if not b.tool_calls:
+                answer["choices"][0]["finish_reason"] = b.finish_reason
             return web.json_response(answer)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         events = stream_events(
-            model, text, (body.get("stream_options") or {}).get("include_usage", False), b.usage
+            model,
+            text,
+            (body.get("stream_options") or {}).get("include_usage", False),
+            b.usage,
+            b.tool_calls,
         )
         try:
             for i, event in enumerate(events):
@@ -154,32 +162,60 @@ class FakeOpenAI(FakeServer[Behaviour]):
             {
                 "object": "embedding",
                 "index": i,
-                "embedding": self.vectors.get(str(x), [float(len(str(x))), 1.0, 0.0]),
+                "embedding": self._vector(str(x)),
             }
             for i, x in enumerate(inputs)
         ]
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
         return {"object": "list", "data": data, "model": body["model"], "usage": usage}
 
+    def _vector(self, text: str) -> list[float]:
+        if text in self.vectors:
+            return self.vectors[text]
+        return self.embedder(text) if self.embedder else [float(len(text)), 1.0, 0.0]
+
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
-def completion(model: str, text: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
+def completion(
+    model: str,
+    text: str,
+    usage: dict[str, Any] | None = None,
+    tool_calls: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": None, "tool_calls": _calls(tool_calls)}
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
         ],
         "usage": usage or USAGE,
     }
 
 
+def _calls(tool_calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+        for i, (name, args) in enumerate(tool_calls)
+    ]
+
+
 def stream_events(
-    model: str, text: str, include_usage: bool, usage: dict[str, Any] | None = None
+    model: str,
+    text: str,
+    include_usage: bool,
+    usage: dict[str, Any] | None = None,
+    tool_calls: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
@@ -195,6 +231,14 @@ def stream_events(
     events = [
         event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     ]
+    if tool_calls:
+        for i, call in enumerate(_calls(tool_calls)):
+            delta = {"tool_calls": [{**call, "index": i}]}
+            events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+        events.append(event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]))
+        if include_usage:
+            events.append(event([], usage=usage or USAGE))
+        return [*events, b"data: [DONE]\n\n"]
     for i, word in enumerate(text.split(" ")):
         events.append(
             event(
