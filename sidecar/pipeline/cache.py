@@ -36,7 +36,11 @@ from sidecar.stores.state import StoreUnavailable
 log = logging.getLogger("sidecar.cache")
 
 # Request fields that do not change the answer.
-_IGNORED = frozenset({"user", "stream", "stream_options", "metadata", "store", "service_tier"})
+# Not in the key: who asks and how the answer travels or is billed, never what it says.
+_IGNORED = frozenset(
+    {"user", "safety_identifier", "prompt_cache_key", "stream", "stream_options", "metadata"}
+    | {"store", "service_tier"}
+)
 
 
 class CacheMiss(SidecarError):

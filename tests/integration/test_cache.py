@@ -88,13 +88,17 @@ async def test_key_order_and_whitespace_do_not_cause_misses(make, upstream: Fake
         b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hi"}]}',
         b'{ "messages" : [ {"content": "hi", "role": "user"} ],\n'
         b' "temperature": 0, "model": "chat", "stream": false }',
+        # What apps send per user or conversation says who asks, not what to answer.
+        b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hi"}],'
+        b'"safety_identifier":"u-81","prompt_cache_key":"conv-7"}',
     ]
+    seen = []
     async with aiohttp.ClientSession() as s:
         for body in bodies:
             async with s.post(url, data=body) as r:
                 assert r.status == 200
-                last = r.headers["x-sidecar-cache"]
-    assert last == "hit"
+                seen.append(r.headers["x-sidecar-cache"])
+    assert seen == ["miss", "hit", "hit"]
     assert len(upstream.calls()) == 1
 
 
