@@ -35,7 +35,10 @@ class Caches:
 
     def hold(self, snapshot: object, policies: Iterable[CachePolicy]) -> None:
         """Keep the caches of `policies` while `snapshot` lives; let go of them after."""
+        policies = list(policies)
         self._holds.hold(snapshot, policies)
+        for policy in policies:  # on /status from the start, before any hit is verified
+            self.agreements.of(policy)
 
     def _drop(self, policy: CachePolicy) -> None:
         cache = self._caches.pop(policy, None)

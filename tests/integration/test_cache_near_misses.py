@@ -166,6 +166,9 @@ async def test_another_system_prompt_or_earlier_turn_misses(
 async def test_hits_that_disagree_with_the_upstream_stop_being_served(
     sc: Sidecar, upstream: FakeOpenAI
 ) -> None:
+    status = (await ops(sc, "/status"))["caches"]
+    assert set(status) == {"checked"}  # the caches that verify, from the start
+    assert (status["checked"]["agreement"], status["checked"]["verified"]) == (None, 0)
     upstream.behave("up-a", reply="Order #48213 left the warehouse on Monday.")
     cached, asked = PARAPHRASES[0]
     await ask(sc, "checked", cached)
