@@ -51,7 +51,7 @@ async def sc(sidecars: Sidecars, upstream: FakeOpenAI) -> Sidecar:
         providers:
           main: {{type: openai, base_url: "{upstream.base_url}"}}
         models:
-          a: {{provider: main, name: up-a}}
+          a: {{provider: main, name: up-a, price: {{input: 1000, output: 2000}}}}
           emb: {{provider: main, name: up-emb}}
         cache:
           guarded: {semantic % ""}
@@ -192,6 +192,14 @@ async def test_hits_that_disagree_with_the_upstream_stop_being_served(
     assert (text, how(headers)) == ("Order #48213 was delivered on Friday.", ("miss", "tightened"))
     # Each verification asked the upstream once more, off the app's path.
     assert len(upstream.calls("up-a")) == 1 + 5 + 1
+    # They cost what they cost, on the request's rows (not as requests): the ledger's
+    # `shadow` lever, against what the hits saved.
+    call = (7 * 1000 + 3 * 2000) / 1e6  # the fake upstream's usage at the model's price
+    [usage] = (await ops(sc, "/usage?scope=route&window=day&value=checked"))["rows"]
+    assert usage["requests"] == 7
+    assert usage["cost_usd"] == pytest.approx(7 * call)  # two misses, five verifications
+    assert usage["saved_by_lever"]["cache"] == pytest.approx(5 * call)
+    assert usage["saved_by_lever"]["shadow"] == pytest.approx(-5 * call)
     metrics = (await ops(sc, "/stats"))["metrics"]
     [disagreed] = metrics["sidecar.cache.verifications"]["points"]
     assert (disagreed["attributes"]["result"], disagreed["value"]) == ("disagree", 5)
