@@ -209,6 +209,22 @@ async def test_semantic_neighbour_stored_by_one_process_is_found_by_the_other(
     assert len(upstream.calls("up-emb")) == 3  # one embedding per lookup
 
 
+async def test_a_near_miss_stored_by_one_process_is_refused_by_the_other(
+    pair, upstream: FakeOpenAI
+) -> None:
+    """The guard tokens travel with the vector through the shared stream."""
+    first, second = pair
+    upstream.vectors["refund order 81 today?"] = [1.0, 0.0, 0.0]
+    upstream.vectors["refund order 18 today?"] = [0.999, 0.04, 0.0]  # closer than a paraphrase
+    upstream.vectors["can order 81 be refunded today?"] = [0.99, 0.1, 0.0]
+    upstream.behave("up-a", replies=["81: yes", "18: no"])
+    assert await ask(first, "refund order 81 today?", "fuzzy", team="t") == ("81: yes", "miss")
+    assert await ask(second, "refund order 18 today?", "fuzzy", team="t") == ("18: no", "miss")
+    hit = await ask(second, "can order 81 be refunded today?", "fuzzy", team="t")
+    assert hit == ("81: yes", "semantic-hit")
+    assert asked(upstream) == 2
+
+
 async def test_a_refreshed_semantic_answer_is_found_by_its_neighbours(
     pair, upstream: FakeOpenAI
 ) -> None:
