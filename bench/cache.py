@@ -215,7 +215,7 @@ async def semantic_child(n: int, queries: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         hit = await index.search("p", probe, now)
         samples.append((time.perf_counter() - t0) * 1e3)
-        found += hit is not None and hit[0] == f"k{key}"
+        found += bool(hit) and hit[0][0] == f"k{key}"
     # Recall against search effort: the same queries with twice usearch's default
     # expansion_search (64), straight on the partition's index.
     graph = index._parts["p"].index

@@ -83,9 +83,23 @@ def _cache(mode: dict[str, Any]) -> dict[str, Any]:
 
 ROWS = (
     Row("sidecar without levers", {}, in_all=False),
-    # The documented defaults: only temperature-0 requests without tools are cacheable.
+    # The documented defaults (issue 23): requests with tools and any temperature are
+    # cacheable; answers that call a tool are not stored.
     Row("exact cache", _cache({"mode": "exact"}), in_all=False),  # semantic tries it first
+    # The defaults before issue 23, one at a time: never with tools; temperature 0 only.
+    Row("exact cache, tools: false", _cache({"mode": "exact", "tools": False}), in_all=False),
+    Row(
+        "exact, temperature 0 only",
+        _cache({"mode": "exact", "any_temperature": False}),
+        in_all=False,
+    ),
+    # Issue 24: guards and context by default; "no guards" shows what the guards keep out.
     Row("semantic cache", _cache({"mode": "semantic", "semantic": {"model": "embed"}})),
+    Row(
+        "semantic cache, no guards",
+        _cache({"mode": "semantic", "semantic": {"model": "embed", "guards": []}}),
+        in_all=False,
+    ),
     # Static selection: everything to the small model. Not in "all together": it fails
     # the quality bar (issue 18's verified cascades replace it).
     Row("small model for all", {"routes": {"assistant": {"targets": ["mini"]}}}, False),

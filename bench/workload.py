@@ -2,7 +2,8 @@
 requests replayed verbatim (bench/README.md describes it).
 
 Three kinds of traffic share one long system prompt (about 1,500 tokens):
-- `chat`: conversations of 1 to 20 turns that offer the assistant's tools; each turn
+- `chat`: conversations of 1 to 20 turns that offer the assistant's tools, at the
+  temperature chat apps send by habit (0.7; the fake models answer alike at any); each turn
   carries the history so far, whose assistant turns are the recorded right answers (a
   replay sends what was recorded, whatever a cache or a small model answers now), so every
   configuration sends the same bytes. A third of the turns stream.
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from world import BY_NAME, NO_SHIPPING, PRODUCTS, SHIPS_TO, SPEEDS, TODAY, Task, World, parse
+
+CHAT_TEMPERATURE = 0.7  # backend calls and batch lines send 0
 
 MODEL = "assistant"  # the route every request names
 
@@ -260,6 +263,7 @@ class Builder:
         body: dict[str, Any] = {"model": MODEL, "messages": messages, "temperature": 0}
         if kind == "chat":
             body["tools"] = TOOLS
+            body["temperature"] = CHAT_TEMPERATURE
             if self.rng.random() < 1 / 3:
                 body["stream"] = True
         if task.schema is not None:

@@ -64,6 +64,7 @@ class Runtime:
         self.stores = Stores()
         self.stores.classifiers.folder = state_dir / "llm-sidecar-embeddings"
         self.telemetry.watch_circuits(self.stores.breakers)
+        self.telemetry.watch_caches(self.stores.caches)
         self._state: tuple[StateConfig, State] | None = None
         # A state backend a reload replaced closes when its last snapshot ends.
         self._state_holds: Holds[State] = Holds(self._state_released)
@@ -149,6 +150,7 @@ class Runtime:
         body = self.policy.status()
         body["circuits"] = self.stores.breakers.describe()
         body["classifiers"] = self.stores.classifiers.describe()
+        body["caches"] = self.stores.caches.agreements.describe()  # semantic verification
         return body
 
     async def refresh_budget_gauges(self) -> None:

@@ -205,7 +205,8 @@ def render(
         f"   p99 {ms(requests.quantile(0.99))}      first chunk p50 {ms(first_chunk.quantile(0.5))}"
         f"   p95 {ms(first_chunk.quantile(0.95))}",
         f"cache     hits {hits} (semantic {_num(lookups.get('semantic-hit', 0))})"
-        f"   bypassed {_num(lookups.get('bypass', 0))}   saved {saved:.6f} USD",
+        f"   bypassed {_num(lookups.get('bypass', 0))}"
+        f"   ineligible {_num(lookups.get('ineligible', 0))}   saved {saved:.6f} USD",
         "outputs   " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),
         _tiers(win),
         _savings(now),

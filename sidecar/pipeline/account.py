@@ -48,6 +48,22 @@ async def record(ctx: RequestContext) -> None:
         log.exception("accounting failed")
 
 
+async def record_extra(ctx: RequestContext) -> None:
+    """Calls made for a request after its books were written (a semantic hit checked
+    against the upstream, pipeline/verify.py), from a context of their own: their tokens,
+    cost and (negative) ledger saving go to the request's usage rows, but the request is
+    not counted again. Never raises."""
+    if not ctx.spend:
+        return
+    try:
+        row = usage(ctx)
+        row.requests = 0
+        values = tuple(scope_value(ctx, scope) for scope in USAGE_SCOPES)
+        await ctx.snapshot.state.settle(None, _rows(int(time.time()), values), row)
+    except StoreUnavailable as exc:
+        log.error("state store unavailable (%s): a verification's cost is not recorded", exc)
+
+
 @functools.lru_cache(maxsize=1024)
 def _rows(second: int, values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """Every usage row a request adds to: 6 scopes x 5 windows. Pure, so cached: requests

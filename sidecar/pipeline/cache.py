@@ -1,57 +1,52 @@
 """Stage: answer from the cache when the same question (or, in semantic mode, a similar
-enough one) was answered before; otherwise remember the answer once it is complete.
+enough one in the same context: pipeline/similar.py) was answered before; otherwise
+remember the answer once it is complete.
 
 Exact keys hash the normalised request: the model alias, the messages and every parameter
 that can change the answer, in sorted-key canonical JSON — not `user`, stream flags or
 request metadata — so key order and whitespace never cause a miss. Keys are scoped to the
-user or team unless the cache says `scope: global`. Cacheable by default: requests with
-`temperature: 0` and no tools (tools may act; a cached answer would skip the action).
-Only complete, successful answers are stored (never an error, a `length` cut, an invalid
-output or a broken stream). Concurrent identical misses wait for the first one's answer.
+user or team unless the cache says `scope: global`. What may be cached and kept (tools,
+temperature, the app's controls) is pipeline/cacheable.py's. Only complete, successful
+answers are stored (never an error, a `length` cut, an invalid output, a broken stream or a
+tool call the policy does not let replay). Concurrent identical misses wait for the first
+one's answer. A sampled share of semantic hits is checked against the upstream after the
+answer went out (pipeline/verify.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import random
 import time
 from typing import Any
 
 import orjson
 
-from sidecar.errors import SidecarError, UpstreamError
+from sidecar.errors import SidecarError
+from sidecar.pipeline import similar
+from sidecar.pipeline.cacheable import INELIGIBLE, UNAVAILABLE, control, ineligible, unstorable
 from sidecar.pipeline.context import RequestContext
-from sidecar.pipeline.ledger import EMBED, answer_tokens, charge
+from sidecar.pipeline.ledger import answer_tokens
 from sidecar.pipeline.synth import assemble, events_from_completion, replay
 from sidecar.policy.model import CachePolicy
-from sidecar.providers.base import EMBEDDINGS, Call, Events, Reply
+from sidecar.providers.base import Events, Reply
 from sidecar.stores.state import StoreUnavailable
 
 log = logging.getLogger("sidecar.cache")
 
 # Request fields that do not change the answer.
-_IGNORED = frozenset({"user", "stream", "stream_options", "metadata", "store", "service_tier"})
+# Not in the key: who asks and how the answer travels or is billed, never what it says.
+_IGNORED = frozenset(
+    {"user", "safety_identifier", "prompt_cache_key", "stream", "stream_options", "metadata"}
+    | {"store", "service_tier"}
+)
 
 
 class CacheMiss(SidecarError):
     status = 504
     type = "server_error"
     code = "cache_miss"
-
-
-def _control(ctx: RequestContext) -> str:
-    control = (ctx.headers.get("x-sidecar-cache") or "").lower()
-    if "no-store" in (ctx.headers.get("cache-control") or "").lower():
-        return "bypass"
-    return control
-
-
-def _cacheable(ctx: RequestContext, policy: CachePolicy) -> bool:
-    body = ctx.client_body
-    if body.get("tools") and not policy.tools:
-        return False
-    return policy.any_temperature or body.get("temperature") == 0
 
 
 def _scope(ctx: RequestContext, policy: CachePolicy) -> str:
@@ -61,49 +56,47 @@ def _scope(ctx: RequestContext, policy: CachePolicy) -> str:
     return f"{policy.scope}={value or '(none)'}"
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-
-
 async def lookup(ctx: RequestContext) -> Reply | None:
     policy = ctx.route.cache if ctx.route else None
     if policy is None:
         return None
-    control = _control(ctx)
-    if control == "bypass" or not _cacheable(ctx, policy):
-        ctx.cache = "bypass"
-        if control == "only-if-cached":
-            raise CacheMiss("not cacheable, and the request asked for only-if-cached")
+    asked, why = control(ctx)
+    refused = asked if why is not None else INELIGIBLE
+    why = why or ineligible(ctx, policy)
+    if why is not None:
+        ctx.cache, ctx.cache_reason = refused, why
+        if asked == "only-if-cached":
+            raise CacheMiss(f"not cacheable ({why}), and the request asked for only-if-cached")
         return None
     answers, index = ctx.snapshot.stores.caches.get(policy)
     body = {k: v for k, v in ctx.client_body.items() if k not in _IGNORED}
     params = {k: v for k, v in body.items() if k != "messages"}
     assert ctx.route is not None
     prefix = f"c:{policy.name}:{ctx.route.name}:{_scope(ctx, policy)}:"
-    ctx.cache_key = prefix + _digest(body)
+    ctx.cache_key = prefix + similar.digest(body)
     try:
-        if control != "refresh":
+        if asked != "refresh":
             hit = await answers.get(ctx.cache_key)
             if hit is not None:
                 return _serve(ctx, hit, "hit")
-        vector = await _embed(ctx, policy) if index is not None else None
-        if vector is not None:  # also on refresh, so the fresh answer is findable
+        probe = await similar.probe(ctx, policy, prefix, params) if index is not None else None
+        if probe is not None:  # also on refresh, so the fresh answer is findable
             assert index is not None
-            ctx.cache_vector = (prefix + _digest(params), vector)
-            if control != "refresh":
-                found = await index.search(ctx.cache_vector[0], vector, time.time())
-                if found is not None and found[1] >= policy.similarity:
-                    hit = await answers.get(found[0])
-                    if hit is not None:
-                        ctx.cache_similarity = found[1]
-                        return _serve(ctx, hit, "semantic-hit")
-        if control == "only-if-cached":
+            ctx.cache_probe = probe
+            found = None
+            if asked != "refresh":
+                found = await similar.nearest(ctx, policy, index, answers, probe)
+            if found is not None:
+                ctx.cache_similarity = found[1]
+                verify = policy.verify is not None and random.random() < policy.verify.sample
+                return _serve(ctx, found[0], "semantic-hit", verify)
+        if asked == "only-if-cached":
             raise CacheMiss("no cached answer for this request (only-if-cached)")
         ctx.cache = "miss"
         return await _join_flight(ctx, answers)
     except StoreUnavailable as exc:
         log.error("cache unavailable (%s); asking the provider", exc)
-        ctx.cache = "bypass"
+        ctx.cache, ctx.cache_reason = UNAVAILABLE, "store"
         return None
 
 
@@ -147,10 +140,12 @@ def land(ctx: RequestContext, outcome: bytes | SidecarError | str | None = None)
             future.set_result(outcome)
 
 
-def _serve(ctx: RequestContext, raw: bytes, how: str) -> Reply:
+def _serve(ctx: RequestContext, raw: bytes, how: str, verify: bool = False) -> Reply:
     entry = orjson.loads(raw)
     answer = entry["answer"]
     ctx.cache = how
+    if verify:
+        ctx.cache_check = answer
     ctx.hit_tokens = _tokens(entry)
     if ctx.stream:
         include_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
@@ -168,59 +163,6 @@ def _tokens(entry: dict[str, Any]) -> tuple[int, int] | None:
     return int(tokens[0]), int(tokens[1])
 
 
-async def _embed(ctx: RequestContext, policy: CachePolicy) -> Any:
-    """The prompt's embedding, through our own provider layer; its cost is the request's.
-    None when the embedding model fails: the cache is an optimisation, so the request goes
-    on with the exact key only instead of failing with the embedder."""
-    import numpy as np  # only semantic caches need it
-
-    model = policy.embedding
-    assert model is not None
-    messages = ctx.client_body.get("messages") or []
-    if policy.whole_conversation:
-        text = "\n".join(f"{m.get('role')}: {_text(m.get('content'))}" for m in messages)
-    else:
-        text = next(
-            (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-    provider = ctx.snapshot.providers[model.provider]
-    # Providers leave a JSON call's deadline to their caller, as dispatch does.
-    timeout = ctx.snapshot.policy.providers[model.provider].timeout
-    timeout = max(0.0, min(timeout, ctx.deadline - time.monotonic()))
-    try:
-        async with asyncio.timeout(timeout):
-            call = Call(EMBEDDINGS, {"input": text}, model.upstream, False)
-            if model.embeddings is None:
-                reply = await provider.send(call)
-            else:  # with other requests' lookups, as one call
-                reply = await ctx.snapshot.stores.micro_batches.send(
-                    provider, call, model.embeddings
-                )
-        answer = orjson.loads(reply.body)
-        raw = answer["data"][0]["embedding"]
-    except TimeoutError:
-        return _no_vector(f"no answer within {timeout:g}s")
-    except UpstreamError as exc:
-        return _no_vector(exc.message)
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        return _no_vector(exc.__class__.__name__)
-    tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
-    charge(ctx, model, tokens, 0, purpose=EMBED)
-    vector = np.asarray(raw, dtype=np.float32)
-    norm = float(np.linalg.norm(vector)) or 1.0
-    return vector / norm
-
-
-def _no_vector(why: str) -> None:
-    log.warning("semantic cache: embedding failed (%s); exact lookup only", why)
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return str(content or "")
-
-
 def remember(ctx: RequestContext, reply: Reply) -> Reply:
     """Store the answer once it is complete: now for JSON, at the stream's end for SSE."""
     if ctx.cache != "miss" or ctx.cache_key is None:
@@ -229,11 +171,7 @@ def remember(ctx: RequestContext, reply: Reply) -> Reply:
         land(ctx, ALONE)
         return reply
     if reply.events is None:
-        answer = orjson.loads(reply.body)
-        if _complete(answer):
-            ctx.cache_store = answer
-        else:
-            land(ctx, ALONE)
+        _keep(ctx, orjson.loads(reply.body))
         return reply
     reply.events = _collect(ctx, reply.events)
     return reply
@@ -245,12 +183,24 @@ async def _collect(ctx: RequestContext, events: Events) -> Events:
         seen += batch
         yield batch
     if seen and seen[-1].startswith(b"data: [DONE]"):
-        answer = assemble(seen)
         # A passthrough stream's verdict came with its end, just now.
-        if _complete(answer) and (ctx.output or "valid") not in ("invalid", "default"):
-            ctx.cache_store = answer
-        else:
+        if (ctx.output or "valid") in ("invalid", "default"):
             land(ctx, ALONE)
+        else:
+            _keep(ctx, assemble(seen))
+
+
+def _keep(ctx: RequestContext, answer: Any) -> None:
+    """Keep a complete answer for `store`, unless it calls a tool the policy does not
+    let replay; the requests waiting on it then ask for their own."""
+    policy = ctx.route.cache if ctx.route else None
+    why = unstorable(policy, answer) if policy is not None and _complete(answer) else "cut"
+    if why is None:
+        ctx.cache_store = answer
+        return
+    if why != "cut":
+        ctx.cache_reason = why
+    land(ctx, ALONE)
 
 
 def _complete(answer: Any) -> bool:
@@ -273,9 +223,11 @@ async def store(ctx: RequestContext) -> None:
             )
             answers, index = ctx.snapshot.stores.caches.get(policy)
             await answers.put(ctx.cache_key, entry, policy.ttl)
-            if index is not None and ctx.cache_vector is not None:
-                partition, vector = ctx.cache_vector
-                await index.add(partition, vector, ctx.cache_key, policy.ttl)
+            probe = ctx.cache_probe
+            if index is not None and probe is not None:
+                await index.add(
+                    probe.partition, probe.vector, ctx.cache_key, policy.ttl, probe.guards
+                )
     except StoreUnavailable as exc:
         log.error("cache unavailable (%s); answer not stored", exc)
     finally:

@@ -47,12 +47,14 @@ class RequestContext:
     finish_reasons: list[str] = field(default_factory=list)
     output: str | None = None  # validity: valid | repaired | default | invalid
     # cache
-    cache: str | None = None  # hit | semantic-hit | miss | bypass
+    cache: str | None = None  # hit | semantic-hit | miss | bypass | ineligible | unavailable
+    cache_reason: str | None = None  # why not a hit, when there is one (pipeline/cacheable.py)
     cache_key: str | None = None
     cache_similarity: float | None = None
     hit_tokens: tuple[int, int] | None = None  # a hit: the stored answer's (input, output)
     cache_leader: bool = False  # this request's miss is the one the others wait for
-    cache_vector: Any = None  # (partition, embedding) of a semantic miss, to store with
+    cache_probe: Any = None  # a semantic miss's partition, vector and guards, to store with
+    cache_check: Any = None  # a semantic hit's answer, sampled to verify (pipeline/verify.py)
     cache_store: Any = None  # the complete answer, kept for `finish` to store
     first_chunk_at: float | None = None  # streams: when the first event went to the client
     # enforce, dispatch
@@ -106,6 +108,8 @@ class RequestContext:
             headers["x-sidecar-cache"] = self.cache
             if self.cache_similarity is not None:
                 headers["x-sidecar-cache-similarity"] = f"{self.cache_similarity:.4f}"
+            if self.cache_reason is not None:
+                headers["x-sidecar-cache-reason"] = self.cache_reason
         if self.output is not None:
             headers["x-sidecar-output"] = self.output
         if self.downgraded_by is not None:

@@ -10,7 +10,7 @@
     … a JSON answer is stored in the cache, then goes out (a stream goes out as it comes) …
     finish: release what admit took, store in the cache (what is left to store) — the
       answer's last byte waits for these two — then account (usage, spend, holds,
-      token-rate corrections)
+      token-rate corrections), then, detached, verify a sampled semantic cache hit
 
 A job line that may wait for a provider batch (jobs/defer.py) comes with a `Deferral`: it
 runs the stages up to dispatch, then is handed over instead of dispatched (`Deferred`);
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.errors import SidecarError
+from sidecar.pipeline import verify
 from sidecar.pipeline.account import record
 from sidecar.pipeline.admit import admit, note_output, release
 from sidecar.pipeline.cache import land, lookup, remember, store
@@ -123,3 +124,4 @@ async def _settle(ctx: RequestContext, freed: asyncio.Future[None]) -> None:
     finally:
         freed.set_result(None)
     await record(ctx)
+    verify.start(ctx)  # a sampled semantic hit, checked against the upstream, detached

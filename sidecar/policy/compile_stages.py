@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from sidecar.policy.entry import Entry, LeftOut, names, seconds, values
+from sidecar.policy.guards import compile_guards
 from sidecar.policy.model import (
     DEFAULT_JOBS_PATH,
     DEFAULT_MAX_FILE_BYTES,
@@ -25,6 +26,7 @@ from sidecar.policy.model import (
     StateConfig,
     Target,
     TelemetryConfig,
+    Verify,
 )
 from sidecar.policy.native import NativeSchema, native_schema
 from sidecar.policy.problems import Problem
@@ -346,13 +348,32 @@ class StageSections:
             store=store,
             url=url,
             scope=b.get("scope", "user"),
-            any_temperature=b.get("any_temperature", False),
-            tools=b.get("tools", False),
+            any_temperature=b.get("any_temperature", True),
             embedding=embedding,
             similarity=float(sem.get("similarity", 0.95)),
             whole_conversation=sem.get("input", "last_user") == "conversation",
+            **_cache_checks(b.get("tools", "text"), sem),
         )
 
     def _state_url(self) -> str | None:
         entry = self.sections["state"].get("state")
         return entry.body.get("url") if entry else None
+
+
+def _cache_checks(tools: Any, sem: Mapping[str, Any]) -> dict[str, Any]:
+    """CachePolicy's issue 23/24 fields: the tools rule, the guards, verification."""
+    out: dict[str, Any] = {}
+    if isinstance(tools, list):
+        out["replay_tools"] = frozenset(tools)
+    else:  # true is the spelling `always` had before it had a name
+        out["tools"] = {False: "never", True: "always"}.get(tools, tools)
+    if "guards" in sem:
+        out["guards"] = compile_guards(sem["guards"])
+    if sem.get("verify_sample"):
+        out["verify"] = Verify(
+            float(sem["verify_sample"]),
+            float(sem.get("min_agreement", 0.9)),
+            int(sem.get("verify_window", 100)),
+            sem.get("on_low_agreement", "tighten") == "tighten",
+        )
+    return out

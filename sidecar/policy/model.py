@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.policy.guards import DEFAULT_GUARDS, Guards
 from sidecar.policy.native import NativeSchema
 from sidecar.policy.secret import Secret
 
@@ -187,11 +188,25 @@ class CachePolicy:
     store: str = "memory"
     url: str | None = None
     scope: str = "user"  # never one tenant's answer to another unless the policy says global
-    any_temperature: bool = False
-    tools: bool = False
+    any_temperature: bool = True
     embedding: Model | None = None
     similarity: float = 0.95
     whole_conversation: bool = False
+    # Issues 23 and 24: which answers to tools are kept, what a semantic hit must share.
+    tools: str = "text"  # never | text (answers without tool calls) | always
+    replay_tools: frozenset[str] = frozenset()  # tool calls safe to replay, with `text`
+    guards: Guards = DEFAULT_GUARDS
+    verify: Verify | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Sampled semantic hits are asked upstream too, after the answer went out."""
+
+    sample: float  # share of semantic hits checked
+    min_agreement: float = 0.9  # below this over `window` checks: warn (and tighten)
+    window: int = 100
+    tighten: bool = True  # raise the effective similarity above the disagreements
 
 
 @dataclass(frozen=True, slots=True)

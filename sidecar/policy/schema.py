@@ -15,6 +15,7 @@ import cerberus
 from cerberus.errors import BasicErrorHandler, ValidationError
 
 from sidecar.policy.durations import parse_duration
+from sidecar.policy.guards import KINDS as GUARD_KINDS
 
 PROVIDER_TYPES = ("openai", "anthropic", "mock")
 # How a provider is asked for schema-shaped output (see providers/structured.py).
@@ -214,6 +215,15 @@ OUTPUT: dict[str, Any] = {
     "stream_mode": {"type": "string", "allowed": ["validate", "passthrough"]},
 }
 
+# Issue 24: what a semantic hit must share with its question, and how hits are checked.
+SEMANTIC_CHECKS: dict[str, Any] = {
+    "guards": {"type": "list", "schema": {"type": "string", "allowed": list(GUARD_KINDS)}},
+    "verify_sample": {"type": "number", "min": 0.0, "max": 1.0},  # share of hits re-asked
+    "min_agreement": {"type": "number", "min": 0.0, "max": 1.0},
+    "verify_window": {"type": "integer", "min": 5, "max": 10_000},
+    "on_low_agreement": {"type": "string", "allowed": ["tighten", "alert"]},
+}
+
 CACHE: dict[str, Any] = {
     "mode": {"type": "string", "allowed": ["exact", "semantic"]},
     "ttl": DURATION,
@@ -222,14 +232,23 @@ CACHE: dict[str, Any] = {
     "store": {"type": "string", "allowed": ["memory", "redis"]},
     "url": {"type": "string", "regex": r"rediss?://.+"},  # default: state.url
     "scope": {"type": "string", "allowed": ["global", "user", "team"]},
-    "any_temperature": {"type": "boolean"},  # cache even when temperature is not 0
-    "tools": {"type": "boolean"},  # cache requests that offer tools (their calls may act)
+    "any_temperature": {"type": "boolean"},  # false: only temperature 0 (default: any)
+    # Requests that offer tools: false never; text (default) keeps answers without tool
+    # calls; always (or true) every answer; a list: also calls to those tools only.
+    "tools": {
+        "anyof": [
+            {"type": "boolean"},
+            {"type": "string", "allowed": ["text", "always"]},
+            {"type": "list", "minlength": 1, "schema": {"type": "string", "empty": False}},
+        ]
+    },
     "semantic": {
         "type": "dict",
         "schema": {
             "model": {"type": "string", "required": True, "empty": False},  # an embeddings model
             "similarity": {"type": "float", "min": 0.5, "max": 1.0},
             "input": {"type": "string", "allowed": ["last_user", "conversation"]},
+            **SEMANTIC_CHECKS,
         },
     },
 }

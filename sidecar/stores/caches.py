@@ -1,6 +1,6 @@
 """The answer caches of this process, one per cache policy (by name and settings, so a
-reload that leaves a cache unchanged keeps its entries), and in-flight misses for
-single-flight coalescing.
+reload that leaves a cache unchanged keeps its entries), in-flight misses for
+single-flight coalescing, and the verification records of semantic caches.
 
 A cache lives as long as some policy snapshot names it (`holds.py`): requests still
 running on an older snapshot keep using theirs, and once no snapshot names a cache any
@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sidecar.policy.model import CachePolicy
+from sidecar.stores.agreement import Agreements
 from sidecar.stores.answers import Answers, MemoryAnswers
 from sidecar.stores.holds import Closer, Holds
 
@@ -30,13 +31,18 @@ class Caches:
         self._holds: Holds[CachePolicy] = Holds(self._drop)
         self._closer = Closer()
         self.flights: dict[str, asyncio.Future[Any]] = {}  # how each leader landed
+        self.agreements = Agreements()  # semantic caches that verify: how their hits fare
 
     def hold(self, snapshot: object, policies: Iterable[CachePolicy]) -> None:
         """Keep the caches of `policies` while `snapshot` lives; let go of them after."""
+        policies = list(policies)
         self._holds.hold(snapshot, policies)
+        for policy in policies:  # on /status from the start, before any hit is verified
+            self.agreements.of(policy)
 
     def _drop(self, policy: CachePolicy) -> None:
         cache = self._caches.pop(policy, None)
+        self.agreements.drop(policy)
         if cache is not None:
             self._closer.close_soon("cache", lambda: _close(cache))
 

@@ -1,8 +1,11 @@
-"""Nearest cached prompt by cosine similarity, per partition (route, scope value and the
-parameters that change answers), with an HNSW index (usearch): on one core a lookup
-takes ~2.4 ms at 10k and ~3.5 ms at 100k entries of 1,536 dimensions, where a float32
-scan takes 5 and 52 ms (bench/cache.py; random vectors, the hardest case for the graph:
-recall@1 is 1.0 at 10k but 0.64 at 100k with usearch's default search effort).
+"""Nearest cached prompts by cosine similarity, per partition (route, scope value, the
+parameters that change answers and the context around the embedded text: pipeline/
+cache.py), each with the guard signature it was stored with (policy/guards.py), so the
+cache can pass over a near miss to a true paraphrase further down. An HNSW index
+(usearch): on one core a lookup takes ~2.4 ms at 10k and ~3.5 ms at 100k entries of 1,536
+dimensions, where a float32 scan takes 5 and 52 ms (bench/cache.py; random vectors, the
+hardest case for the graph: recall@1 is 1.0 at 10k but 0.64 at 100k with usearch's default
+search effort).
 
 Each partition holds at most `max_entries` vectors, oldest out first, and forgets entries
 whose TTL has passed; usearch reuses the slots of removed vectors, so a busy cache runs
@@ -12,13 +15,13 @@ worker thread (usearch releases the GIL): the event loop keeps serving while a m
 stored or a new replica loads thousands of shared vectors.
 
 With a Redis cache the vectors are shared too, on a plain Redis 7 (no modules): each
-partition is a stream of `entry key, expiry, float32 vector` records, capped near
-`max_entries` by XADD MAXLEN ~ (Redis trims whole nodes of ~100 records), that every
-sidecar appends to and reads from the id it saw last (at most every `sync_every` seconds,
-on lookup), keeping its own in-memory index of the partitions it serves. Ids, unlike list
-offsets, survive trimming, a purge and a stream that expired and started over (new ids are
-always larger). A stream expires when its partition gets no new entry for a TTL, by which
-time every entry in it has expired too.
+partition is a stream of `entry key, expiry, float32 vector, guard signature` records,
+capped near `max_entries` by XADD MAXLEN ~ (Redis trims whole nodes of ~100 records), that
+every sidecar appends to and reads from the id it saw last (at most every `sync_every`
+seconds, on lookup), keeping its own in-memory index of the partitions it serves. Ids,
+unlike list offsets, survive trimming, a purge and a stream that expired and started over
+(new ids are always larger). A stream expires when its partition gets no new entry for a
+TTL, by which time every entry in it has expired too.
 """
 
 from __future__ import annotations
@@ -31,19 +34,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from usearch.index import Index
 
+from sidecar.policy.guards import Signature
 from sidecar.stores.state import StoreUnavailable
 
 _BATCH = 250  # stream records read per round trip (1,536 dims: 1.5 MB)
+_NEAREST = 8  # neighbours looked at: the nearest may be a near miss the guards refuse
+
+_Entry = tuple[str, float, Signature]  # cache entry key, expiry, guard signature
+Found = tuple[str, float, Signature]  # cache entry key, similarity, guard signature
 
 
 @dataclass(slots=True)
 class _Partition:
     index: Any
-    keys: dict[int, tuple[str, float]] = field(default_factory=dict)  # id → (entry, expires)
+    keys: dict[int, _Entry] = field(default_factory=dict)  # id → (entry, expires, guards)
     order: deque[int] = field(default_factory=deque)  # ids, oldest first (some forgotten)
     doomed: list[int] = field(default_factory=list)  # forgotten, still in the index
     next_id: int = 0
@@ -63,6 +72,14 @@ def _seen(task: asyncio.Task[None]) -> None:
     """Mark a sync's error as retrieved: the lookups that waited for it have raised it."""
     if not task.cancelled():
         task.exception()
+
+
+def _signature(raw: bytes | None) -> Signature:
+    """A stored guard signature, as `Guards.signature` makes it (JSON turns tuples into
+    lists); a record without one (from an older sidecar) is compared as having none."""
+    if not raw:
+        return ()
+    return tuple((kind, tuple(tokens)) for kind, tokens in orjson.loads(raw))
 
 
 def _new_partition(dims: int) -> _Partition:
@@ -96,14 +113,16 @@ class SemanticIndex:
         # layouts sit side by side instead of failing with WRONGTYPE.
         return self._prefix + "cvs:" + name
 
-    async def search(self, name: str, vector: np.ndarray, now: float) -> tuple[str, float] | None:
+    async def search(self, name: str, vector: np.ndarray, now: float) -> list[Found]:
+        """The nearest live entries, nearest first, with their guard signatures."""
         part = self._part(name, len(vector))
         if self._redis is not None:
             await self._catch_up(name, part, now)
         self._trim(part, now)
         if not part.keys or part.growing:
-            return None
-        found = part.index.search(vector, 4)
+            return []
+        found = part.index.search(vector, _NEAREST)
+        out: list[Found] = []
         for ident, distance in zip(found.keys, found.distances, strict=False):
             entry = part.keys.get(int(ident))
             if entry is None:
@@ -111,8 +130,8 @@ class SemanticIndex:
             if entry[1] <= now:  # expired: forget it
                 self._forget(part, int(ident))
                 continue
-            return entry[0], float(1.0 - distance)
-        return None
+            out.append((entry[0], float(1.0 - distance), entry[2]))
+        return out
 
     def _forget(self, part: _Partition, ident: int) -> None:
         if part.keys.pop(ident, None) is not None:
@@ -134,21 +153,19 @@ class SemanticIndex:
                 part.index.remove(ident)
             part.doomed.clear()
 
-    async def _insert(
-        self, part: _Partition, vectors: np.ndarray, keys: list[str], expires: list[float]
-    ) -> None:
+    async def _insert(self, part: _Partition, vectors: np.ndarray, entries: list[_Entry]) -> None:
         """Add vectors in a worker thread, one insert per partition at a time. The entries
         are registered first: a search only returns ids already in the index, and a
         cancelled caller leaves the insert to finish on its own."""
         while part.adding is not None and not part.adding.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(part.adding)
-        ids = np.arange(part.next_id, part.next_id + len(keys), dtype=np.uint64)
-        part.next_id += len(keys)
-        for ident, key, at in zip(ids.tolist(), keys, expires, strict=True):
-            part.keys[ident] = (key, at)
+        ids = np.arange(part.next_id, part.next_id + len(entries), dtype=np.uint64)
+        part.next_id += len(entries)
+        for ident, entry in zip(ids.tolist(), entries, strict=True):
+            part.keys[ident] = entry
             part.order.append(ident)
-        part.growing = len(part.index) + len(keys) > part.index.capacity
+        part.growing = len(part.index) + len(entries) > part.index.capacity
         adding = asyncio.ensure_future(asyncio.to_thread(part.index.add, ids, vectors, threads=1))
         part.adding = adding
 
@@ -161,17 +178,20 @@ class SemanticIndex:
         await asyncio.shield(adding)
         self._trim(part, time.time())
 
-    async def add(self, name: str, vector: np.ndarray, key: str, ttl: float) -> None:
+    async def add(
+        self, name: str, vector: np.ndarray, key: str, ttl: float, guards: Signature = ()
+    ) -> None:
         now = time.time()
         part = self._part(name, len(vector))
         expires = now + ttl
         if self._redis is None:
-            await self._insert(part, vector.reshape(1, -1), [key], [expires])
+            await self._insert(part, vector.reshape(1, -1), [(key, expires, guards)])
             return
         record: dict[Any, Any] = {
             "k": key,
             "e": f"{expires:.3f}",
             "v": vector.astype(np.float32).tobytes(),
+            "g": orjson.dumps(guards),
         }
         stream = self._stream(name)
         try:
@@ -212,8 +232,7 @@ class SemanticIndex:
                 ms, seq = part.last_seen
                 records = await self._redis.xrange(stream, min=f"({ms}-{seq}", count=_BATCH)
                 vectors: list[np.ndarray] = []
-                keys: list[str] = []
-                expires: list[float] = []
+                entries: list[_Entry] = []
                 for raw_id, fields in records:
                     ident = _stream_id(raw_id)
                     if ident <= part.last_seen:
@@ -222,10 +241,10 @@ class SemanticIndex:
                     vector = np.frombuffer(fields[b"v"], dtype=np.float32)
                     if len(vector) == part.index.ndim:
                         vectors.append(vector)
-                        keys.append(fields[b"k"].decode())
-                        expires.append(float(fields[b"e"]))
-                if keys:
-                    await self._insert(part, np.stack(vectors), keys, expires)
+                        key, expires = fields[b"k"].decode(), float(fields[b"e"])
+                        entries.append((key, expires, _signature(fields.get(b"g"))))
+                if entries:
+                    await self._insert(part, np.stack(vectors), entries)
                 if len(records) < _BATCH:
                     break
         except (RedisError, OSError) as exc:

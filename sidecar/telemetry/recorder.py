@@ -141,6 +141,11 @@ class Telemetry:
         self.escalation_cost = Counter(
             "sidecar.cascade.escalation.cost", "USD", "What rejected answers cost"
         )
+        self.cache_verifications = Counter(
+            "sidecar.cache.verifications",
+            "{check}",
+            "Semantic hits checked against the upstream, by result (agree, disagree, error)",
+        )
         self._own: list[Counter | ExplicitHistogram] = [
             v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)
         ]
@@ -149,6 +154,17 @@ class Telemetry:
             "sidecar.circuit.state",
             callbacks=[self._observe_circuits],
             description="0 closed, 1 half-open, 2 open",
+        )
+        self._caches: Any = None
+        meter.create_observable_gauge(
+            "sidecar.cache.agreement",
+            callbacks=[self._observe_agreement],
+            description="Verified semantic hits that agree with the upstream (last window)",
+        )
+        meter.create_observable_gauge(
+            "sidecar.cache.similarity",
+            callbacks=[self._observe_similarity],
+            description="The similarity a semantic hit needs now (raised by low agreement)",
         )
         self.budgets = BudgetGauges()
         self.budget_spend = meter.create_observable_gauge(
@@ -190,6 +206,18 @@ class Telemetry:
             return
         for name, info in self._circuits.describe().items():
             yield Observation(_CIRCUIT_VALUE[info["state"]], {"sidecar.target": name})
+
+    def watch_caches(self, caches: Any) -> None:
+        self._caches = caches
+
+    def _observe_agreement(self, options: CallbackOptions) -> Iterator[Observation]:
+        for name, info in self._caches.agreements.describe().items() if self._caches else ():
+            if info["agreement"] is not None:
+                yield Observation(info["agreement"], {"sidecar.cache": name})
+
+    def _observe_similarity(self, options: CallbackOptions) -> Iterator[Observation]:
+        for name, info in self._caches.agreements.describe().items() if self._caches else ():
+            yield Observation(info["effective_similarity"], {"sidecar.cache": name})
 
     def user_attribute(self, user: str | None, cap: int) -> str:
         """The user as a metric attribute, with at most `cap` distinct values per process."""

@@ -64,7 +64,10 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         )
     ledger = ctx.ledger
     if ctx.cache is not None:  # the route has a cache: what its lookup found
-        tel.cache.add(1, {"sidecar.route": route, "result": ctx.cache})
+        looked = {"sidecar.route": route, "result": ctx.cache}
+        if ctx.cache_reason is not None:  # bypass, ineligible, a refused near miss: why
+            looked["reason"] = ctx.cache_reason
+        tel.cache.add(1, looked)
         if ledger is not None and ctx.cache in HITS:  # a hit saves its cache lever
             tel.saved.add(ledger.lever("cache"), {"sidecar.route": route})
     cost_attrs: dict[str, Any] | None = None

@@ -88,13 +88,17 @@ async def test_key_order_and_whitespace_do_not_cause_misses(make, upstream: Fake
         b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hi"}]}',
         b'{ "messages" : [ {"content": "hi", "role": "user"} ],\n'
         b' "temperature": 0, "model": "chat", "stream": false }',
+        # What apps send per user or conversation says who asks, not what to answer.
+        b'{"model":"chat","temperature":0,"messages":[{"role":"user","content":"hi"}],'
+        b'"safety_identifier":"u-81","prompt_cache_key":"conv-7"}',
     ]
+    seen = []
     async with aiohttp.ClientSession() as s:
         for body in bodies:
             async with s.post(url, data=body) as r:
                 assert r.status == 200
-                last = r.headers["x-sidecar-cache"]
-    assert last == "hit"
+                seen.append(r.headers["x-sidecar-cache"])
+    assert seen == ["miss", "hit", "hit"]
     assert len(upstream.calls()) == 1
 
 
@@ -115,13 +119,29 @@ async def test_ttl_expiry(make, upstream: FakeOpenAI):
     assert h["x-sidecar-cache"] == "miss"
 
 
-async def test_only_temperature_zero_is_cached_by_default(make, upstream: FakeOpenAI):
+async def test_any_temperature_is_cached_by_default_and_can_be_made_ineligible(
+    make, upstream: FakeOpenAI
+):
+    """No temperature (1 for the provider) is the key's own parameter: a hit is an answer
+    to this very request. `any_temperature: false` makes it ineligible, and says so."""
     sc = await make("{mode: exact}")
     async with api(sc) as client:
+        seen = [
+            (
+                await client.chat.completions.with_raw_response.create(model="chat", messages=Q)
+            ).headers["x-sidecar-cache"]
+            for _ in range(2)
+        ]
+    assert seen == ["miss", "hit"]
+    sc = await make("{mode: exact, any_temperature: false}")
+    async with api(sc) as client:
         for _ in range(2):
-            raw = await client.chat.completions.with_raw_response.create(model="chat", messages=Q)
-            assert raw.headers["x-sidecar-cache"] == "bypass"
-    assert len(upstream.calls()) == 2
+            raw = await client.chat.completions.with_raw_response.create(
+                model="chat", messages=Q, temperature=0.7
+            )
+            assert raw.headers["x-sidecar-cache"] == "ineligible"
+            assert raw.headers["x-sidecar-cache-reason"] == "temperature"
+    assert len(upstream.calls()) == 3
 
 
 async def test_concurrent_identical_misses_make_one_upstream_call(make, upstream: FakeOpenAI):
@@ -224,7 +244,9 @@ async def test_controls_bypass_refresh_only_if_cached_and_no_store(make, upstrea
         await ask(sc, headers={"x-sidecar-cache": "only-if-cached"})
     assert info.value.status_code == 504
     _, h = await ask(sc, headers={"cache-control": "no-store"})
-    assert h["x-sidecar-cache"] == "bypass"
+    assert (h["x-sidecar-cache"], h["x-sidecar-cache-reason"]) == ("bypass", "no-store")
+    _, h = await ask(sc, headers={"x-sidecar-cache": "bypass"})
+    assert (h["x-sidecar-cache"], h["x-sidecar-cache-reason"]) == ("bypass", "x-sidecar-cache")
     await ask(sc)
     upstream.behave("up-a", reply="fresh")
     text, h = await ask(sc, headers={"x-sidecar-cache": "refresh"})

@@ -1,9 +1,10 @@
 """Response caching as replicas see it: two real `llm-sidecar serve` processes share one
 real redis-server, so an answer one of them paid for is a hit on the other (exact keys, and
 semantic neighbours found through the shared vector list). Also what must never be served
-or stored: another team's answer, requests with tools, error answers, `length`-cut
-answers; the memory bounds (`max_entries`, `max_bytes`); the Anthropic ingress; and a Redis
-that goes away (requests still answered, the cache bypassed and logged).
+or stored: another team's answer, requests with tools when the cache says never, error
+answers, `length`-cut answers; the memory bounds (`max_entries`, `max_bytes`); the
+Anthropic ingress; and a Redis that goes away (requests still answered, the cache marked
+unavailable and logged).
 
 The two processes, the fake upstream and the redis-server are started once for the module
 (a process takes about a second to start); every test asks its own questions, so tests do
@@ -57,7 +58,7 @@ def policy(upstream: FakeOpenAI, redis_url: str) -> str:
     cache:
       per-team: {{mode: exact, {shared}, scope: team}}
       everyone: {{mode: exact, {shared}, scope: global}}
-      tooled: {{mode: exact, {shared}, scope: team, tools: true}}
+      no-tools: {{mode: exact, {shared}, scope: team, tools: false}}
       similar:
         {{mode: semantic, {shared}, scope: team, semantic: {{model: emb, similarity: 0.9}}}}
       similar-few:
@@ -69,7 +70,7 @@ def policy(upstream: FakeOpenAI, redis_url: str) -> str:
     routes:
       chat: {{targets: [a], cache: per-team}}
       shared: {{targets: [a], cache: everyone}}
-      agent: {{targets: [a], cache: tooled}}
+      agent: {{targets: [a], cache: no-tools}}
       fuzzy: {{targets: [a], cache: similar}}
       fuzzy-few: {{targets: [a], cache: similar-few}}
       fuzzy-blind: {{targets: [a], cache: similar-no-embeddings}}
@@ -208,6 +209,22 @@ async def test_semantic_neighbour_stored_by_one_process_is_found_by_the_other(
     assert len(upstream.calls("up-emb")) == 3  # one embedding per lookup
 
 
+async def test_a_near_miss_stored_by_one_process_is_refused_by_the_other(
+    pair, upstream: FakeOpenAI
+) -> None:
+    """The guard tokens travel with the vector through the shared stream."""
+    first, second = pair
+    upstream.vectors["refund order 81 today?"] = [1.0, 0.0, 0.0]
+    upstream.vectors["refund order 18 today?"] = [0.999, 0.04, 0.0]  # closer than a paraphrase
+    upstream.vectors["can order 81 be refunded today?"] = [0.99, 0.1, 0.0]
+    upstream.behave("up-a", replies=["81: yes", "18: no"])
+    assert await ask(first, "refund order 81 today?", "fuzzy", team="t") == ("81: yes", "miss")
+    assert await ask(second, "refund order 18 today?", "fuzzy", team="t") == ("18: no", "miss")
+    hit = await ask(second, "can order 81 be refunded today?", "fuzzy", team="t")
+    assert hit == ("81: yes", "semantic-hit")
+    assert asked(upstream) == 2
+
+
 async def test_a_refreshed_semantic_answer_is_found_by_its_neighbours(
     pair, upstream: FakeOpenAI
 ) -> None:
@@ -238,18 +255,19 @@ async def test_a_new_replica_loads_the_shared_vectors_while_lookups_go_on(
     try:
         for i, vector in enumerate(vectors):
             await writer.add("p", vector, f"k{i}", 60)
-        found: tuple[str, float] | None = None
+        found: list[tuple[str, float, object]] = []
         for _ in range(200):
             lookups = [reader.search("p", vectors[i], time.time()) for i in (0, 599, 599)]
             found = (await asyncio.gather(*lookups))[1]
-            if found is not None and found[0] == "k599":
+            if found and found[0][0] == "k599":
                 break
             await asyncio.sleep(0.02)
-        assert found is not None
-        assert found[0] == "k599"
-        assert await reader.search("p", vectors[0], time.time()) == ("k0", pytest.approx(1.0))
+        assert found
+        assert found[0][0] == "k599"
+        nearest = (await reader.search("p", vectors[0], time.time()))[0]
+        assert nearest == ("k0", pytest.approx(1.0), ())
         part = reader._parts["p"]
-        assert sorted(key for key, _ in part.keys.values()) == sorted(f"k{i}" for i in range(600))
+        assert sorted(e[0] for e in part.keys.values()) == sorted(f"k{i}" for i in range(600))
     finally:
         await writer.close()
         await reader.close()
@@ -294,19 +312,19 @@ async def test_scope_global_shares_between_teams(pair, upstream: FakeOpenAI) -> 
 # -- what is cacheable ---------------------------------------------------------------------
 
 
-async def test_requests_with_tools_are_cached_only_when_the_cache_allows_tools(
+async def test_text_answers_to_requests_with_tools_are_shared_unless_the_cache_says_never(
     pair, upstream: FakeOpenAI
 ) -> None:
     first, second = pair
     upstream.behave("up-a", reply="no refund needed")
     seen = [(await ask(sc, "refund order 7?", tools=[TOOL]))[1] for sc in (first, first, second)]
-    assert seen == ["bypass", "bypass", "bypass"]  # `per-team` does not opt in to tools
-    assert asked(upstream) == 3
+    assert seen == ["miss", "hit", "hit"]  # a text answer has no action to skip
+    assert asked(upstream) == 1
     seen = [
         (await ask(sc, "refund order 7?", "agent", tools=[TOOL]))[1]
         for sc in (first, first, second)
     ]
-    assert seen == ["miss", "hit", "hit"]  # `tooled` says `tools: true`
+    assert seen == ["ineligible"] * 3  # `no-tools` says `tools: false`
     assert asked(upstream) == 4
 
 
@@ -343,7 +361,7 @@ async def test_a_semantic_cache_whose_embeddings_fail_still_answers(
     upstream.behave("up-a", reply="answered anyway")
     text, how = await ask(first, "is the embedder down?", "fuzzy-blind")
     assert text == "answered anyway"
-    assert how in ("miss", "bypass")
+    assert how == "miss"
     # The exact half of the cache still works without an embedding.
     assert await ask(first, "is the embedder down?", "fuzzy-blind") == ("answered anyway", "hit")
     assert asked(upstream) == 1
@@ -464,7 +482,7 @@ async def test_requests_are_served_when_redis_is_down(tmp_path: Path, upstream: 
         server.stop()
         for route in ("chat", "fuzzy"):
             for _ in range(2):
-                assert await ask(sidecar, "are you there?", route) == ("still here", "bypass")
+                assert await ask(sidecar, "are you there?", route) == ("still here", "unavailable")
         assert asked(upstream) == 5
         async with (
             aiohttp.ClientSession() as s,

@@ -350,12 +350,17 @@ async def test_cache_lookups_and_what_hits_saved_are_counted(make: Make, otlp: O
         results.append(stream.headers["x-sidecar-cache"])
         async for _chunk in stream.parse():
             pass
-    results.append((await ask(sc, "cached", temperature=0.7))["x-sidecar-cache"])
+    bypass = {"x-sidecar-cache": "bypass"}
+    results.append(
+        (await ask(sc, "cached", temperature=0, extra_headers=bypass))["x-sidecar-cache"]
+    )
     assert results == ["miss", "hit", "hit", "bypass"]  # what the app was told
     await collect(sc.telemetry, otlp, lambda: otlp.total("sidecar.requests") == 4)
 
     lookups = otlp.latest("sidecar.cache.lookups")
     assert {p.attributes["result"]: p.value for p in lookups} == {"miss": 1, "hit": 2, "bypass": 1}
+    [bypassed] = [p for p in lookups if p.attributes["result"] == "bypass"]
+    assert bypassed.attributes["reason"] == "x-sidecar-cache"  # the app's own, not the policy's
     assert {p.attributes["sidecar.route"] for p in lookups} == {"cached"}
     assert {(p.kind, p.monotonic, p.unit) for p in lookups} == {("sum", True, "{lookup}")}
     [saved] = otlp.latest("sidecar.cache.saved")

@@ -73,7 +73,7 @@ async def test_top_once_shows_counts_percentiles_users_and_circuits(
           slow: {{targets: [s]}}
           cached: {{targets: [f], cache: answers}}
         cache:
-          answers: {{mode: exact}}
+          answers: {{mode: exact, tools: false}}
         telemetry: {{user_attribute: true, max_users: 10}}
         budgets:
           fast-day: {{scope: route, routes: [fast], limit_usd: 100, window: day}}
@@ -88,20 +88,28 @@ async def test_top_once_shows_counts_percentiles_users_and_circuits(
         await asyncio.gather(
             *(client.chat.completions.create(model="slow", messages=MESSAGES) for _ in range(8))
         )
-        for temperature in (0, 0, 0, 1):  # a miss, two hits, a bypass (not temperature 0)
-            await client.chat.completions.create(
-                model="cached", messages=MESSAGES, temperature=temperature
-            )
+        for _ in range(3):  # a miss, two hits
+            await client.chat.completions.create(model="cached", messages=MESSAGES)
+        bypass = {"x-sidecar-cache": "bypass"}  # the app's own
+        await client.chat.completions.create(
+            model="cached", messages=MESSAGES, extra_headers=bypass
+        )
+        tool = {"type": "function", "function": {"name": "t", "parameters": {"type": "object"}}}
+        await client.chat.completions.create(  # the cache says tools: false
+            model="cached",
+            messages=MESSAGES,
+            tools=[tool],
+        )
 
     text = await traffic_then_top(tmp_path, policy, send)
 
     assert "requests" in text
-    assert re.search(r"requests\s+[\d.]+/s \(24\)", text), text
-    # Two of the three lookups hit (the bypass looked nothing up); each saved the miss's cost.
+    assert re.search(r"requests\s+[\d.]+/s \(25\)", text), text
+    # Two of the three lookups hit (the others looked nothing up); each saved the miss's cost.
     one = (7 * 1000 + 3 * 2000) / 1e6
     cache = row(text, "cache")
     assert cache[:8] == ["cache", "hits", "67%", "of", "3", "(semantic", "0)", "bypassed"], text
-    assert cache[8:] == ["1", "saved", f"{2 * one:.6f}", "USD"], text
+    assert cache[8:] == ["1", "ineligible", "1", "saved", f"{2 * one:.6f}", "USD"], text
     fast, slow = row(text, "fast"), row(text, "slow")
     # ROUTE REQ/S ERR% P50 P95 P99 REQUESTS TOK-IN TOK-OUT COST
     assert fast[6] == "12"

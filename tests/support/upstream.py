@@ -7,6 +7,7 @@ a failing one and a slow one in the same test. Every request it receives is reco
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ class Behaviour:
     refuse_input: str | None = None  # embeddings: a 400 for any call with this input
     usage: dict[str, Any] | None = None  # what the answers report (default: 7 in, 3 out)
     logprob: float | None = None  # each token's, when the request asks for logprobs
+    tool_calls: list[tuple[str, str]] | None = None  # answer by calling these (name, args)
 
 
 class FakeOpenAI(FakeServer[Behaviour]):
@@ -48,6 +50,7 @@ class FakeOpenAI(FakeServer[Behaviour]):
         super().__init__()
         self.cancelled = 0  # requests whose client went away before we finished
         self.vectors: dict[str, list[float]] = {}  # embeddings the test controls, by input
+        self.embedder: Callable[[str], list[float]] | None = None  # for the other inputs
 
     @property
     def base_url(self) -> str:
@@ -117,9 +120,10 @@ class FakeOpenAI(FakeServer[Behaviour]):
             text = b.replies.pop(0) if len(b.replies) > 1 else b.replies[0]
         logprob = b.logprob if body.get("logprobs") else None
         if not body.get("stream"):
-            answer = completion(model, text, b.usage)
-            answer["choices"][0]["finish_reason"] = b.finish_reason
-            if logprob is not None:
+            answer = completion(model, text, b.usage, b.tool_calls)
+            if not b.tool_calls:
+                answer["choices"][0]["finish_reason"] = b.finish_reason
+            if logprob is not None and not b.tool_calls:
                 answer["choices"][0]["logprobs"] = {
                     "content": [_token(w, logprob) for w in text.split(" ")]
                 }
@@ -133,6 +137,7 @@ class FakeOpenAI(FakeServer[Behaviour]):
             b.usage,
             logprob,
             b.finish_reason,
+            b.tool_calls,
         )
         try:
             for i, event in enumerate(events):
@@ -165,25 +170,42 @@ class FakeOpenAI(FakeServer[Behaviour]):
             {
                 "object": "embedding",
                 "index": i,
-                "embedding": self.vectors.get(str(x), [float(len(str(x))), 1.0, 0.0]),
+                "embedding": self._vector(str(x)),
             }
             for i, x in enumerate(inputs)
         ]
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
         return {"object": "list", "data": data, "model": body["model"], "usage": usage}
 
+    def _vector(self, text: str) -> list[float]:
+        if text in self.vectors:
+            return self.vectors[text]
+        return self.embedder(text) if self.embedder else [float(len(text)), 1.0, 0.0]
+
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
-def completion(model: str, text: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
+def completion(
+    model: str,
+    text: str,
+    usage: dict[str, Any] | None = None,
+    tool_calls: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": None, "tool_calls": _calls(tool_calls)}
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
         ],
         "usage": usage or USAGE,
     }
@@ -193,6 +215,13 @@ def _token(word: str, logprob: float) -> dict[str, Any]:
     return {"token": word, "logprob": logprob, "bytes": list(word.encode()), "top_logprobs": []}
 
 
+def _calls(tool_calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+        for i, (name, args) in enumerate(tool_calls)
+    ]
+
+
 def stream_events(
     model: str,
     text: str,
@@ -200,6 +229,7 @@ def stream_events(
     usage: dict[str, Any] | None = None,
     logprob: float | None = None,
     finish_reason: str = "stop",
+    tool_calls: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
@@ -215,6 +245,14 @@ def stream_events(
     events = [
         event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     ]
+    if tool_calls:
+        for i, call in enumerate(_calls(tool_calls)):
+            delta = {"tool_calls": [{**call, "index": i}]}
+            events.append(event([{"index": 0, "delta": delta, "finish_reason": None}]))
+        events.append(event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]))
+        if include_usage:
+            events.append(event([], usage=usage or USAGE))
+        return [*events, b"data: [DONE]\n\n"]
     for i, word in enumerate(text.split(" ")):
         piece = word if i == 0 else " " + word
         choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
