@@ -7,6 +7,7 @@ a failing one and a slow one in the same test. Every request it receives is reco
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,11 +175,16 @@ class FakeOpenAI(FakeServer[Behaviour]):
 
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+_IDS = itertools.count(1)  # every answer has an id of its own, as a real provider's has
+
+
+def answer_id() -> str:
+    return f"chatcmpl-fake-{next(_IDS)}"
 
 
 def completion(model: str, text: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-fake",
+        "id": answer_id(),
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
@@ -201,9 +207,11 @@ def stream_events(
     logprob: float | None = None,
     finish_reason: str = "stop",
 ) -> list[bytes]:
+    ident = answer_id()
+
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
-            "id": "chatcmpl-fake",
+            "id": ident,
             "object": "chat.completion.chunk",
             "created": 1700000000,
             "model": model,
