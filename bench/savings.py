@@ -81,6 +81,8 @@ def _cache(mode: dict[str, Any]) -> dict[str, Any]:
     return {"cache": {"answers": entry}, "routes": {"assistant": {"cache": "answers"}}}
 
 
+SHADOW = {"candidates": ["mini"], "sample": 0.1, "max_usd_per_day": 100}
+
 ROWS = (
     Row("sidecar without levers", {}, in_all=False),
     # The documented defaults: only temperature-0 requests without tools are cacheable.
@@ -130,6 +132,9 @@ ROWS = (
         },
         in_all=False,
     ),
+    # A shadow trial of the small model on a tenth of the traffic: it costs (the `shadow`
+    # lever, negative) and saves nothing; the app's answers are the large model's.
+    Row("shadow trial of mini", {"routes": {"assistant": {"shadow": SHADOW}}}),
 )
 
 
@@ -273,14 +278,20 @@ def run_sidecar(
         while time.monotonic() < deadline:  # accounting ends just after each answer
             rows = _get(f"http://{harness.HOST}:{ops}/usage?scope=global&window=total")["rows"]
             ledger = rows[0] if rows else {}
-            if ledger.get("requests", 0) >= len(workload.requests):
-                break
+            if ledger.get("requests", 0) >= len(workload.requests) and not _shadowing(ops):
+                break  # every answer accounted, and every shadow call (they come after)
             time.sleep(0.1)
         result = score(row.name, workload, replay, _get(f"{fake}/bill"))
         result.ledger, result.sidecar_cpu = ledger, cpu / len(workload.requests)
         return result
     finally:
         sidecar.stop()
+
+
+def _shadowing(ops: int) -> bool:
+    """Shadow calls still running (a trial's calls follow their answers)."""
+    metrics = _get(f"http://{harness.HOST}:{ops}/stats")["metrics"]
+    return any(p["value"] for p in metrics.get("sidecar.shadow.running", {}).get("points", []))
 
 
 def check(result: Result, baseline: Result) -> tuple[bool, float]:
