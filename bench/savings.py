@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -206,6 +207,7 @@ class Result:
     hits: int = 0
     ledger: dict[str, Any] = field(default_factory=dict)  # /usage, global, total window
     sidecar_cpu: float = 0.0  # seconds per request
+    shadow: str = ""  # `llm-sidecar shadow`'s report, on a row with a shadow trial
 
     @property
     def p50(self) -> float:
@@ -283,6 +285,8 @@ def run_sidecar(
             time.sleep(0.1)
         result = score(row.name, workload, replay, _get(f"{fake}/bill"))
         result.ledger, result.sidecar_cpu = ledger, cpu / len(workload.requests)
+        if "shadow" in json.dumps(row.overlay):
+            result.shadow = _shadow_report(ops)
         return result
     finally:
         sidecar.stop()
@@ -292,6 +296,13 @@ def _shadowing(ops: int) -> bool:
     """Shadow calls still running (a trial's calls follow their answers)."""
     metrics = _get(f"http://{harness.HOST}:{ops}/stats")["metrics"]
     return any(p["value"] for p in metrics.get("sidecar.shadow.running", {}).get("points", []))
+
+
+def _shadow_report(ops: int) -> str:
+    """What `llm-sidecar shadow` shows of the row's trial: the candidate judged on the bench's
+    traffic (its agreement is the fake small model's, not a real one's)."""
+    argv = [str(VENV_PY), "-m", "sidecar", "shadow", "--ops", f"http://{harness.HOST}:{ops}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
 
 
 def check(result: Result, baseline: Result) -> tuple[bool, float]:
@@ -408,6 +419,9 @@ def main() -> int:
     print()
     print(table(baseline, results))
     print(accounting(baseline, results))
+    for r in results:
+        if r.shadow:
+            print(f"\n{r.name}: llm-sidecar shadow\n{r.shadow}", end="")
     print(f"\n{size} requests, seed {args.seed}, {time.monotonic() - started:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
