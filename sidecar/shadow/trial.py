@@ -69,6 +69,8 @@ def launch(ctx: RequestContext) -> None:
         return
     primary_seconds = max(0.0, capture.ended - ctx.started)
     for candidate in route.shadow.candidates:
+        if candidate.name == ctx.answered_by.name:
+            continue  # it answered this one itself (a fallback, a tier): nothing to compare
         work = _trial(ctx, route.shadow, candidate, primary, primary_seconds)
         if not shadows.start(route.name, route.shadow.max_concurrent, work):
             _skipped(ctx, candidate, "busy")

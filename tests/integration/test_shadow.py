@@ -294,6 +294,34 @@ async def test_shadow_spend_counts_against_the_saving_but_not_the_apps_rows(
     ]
 
 
+async def test_a_candidate_that_answered_the_request_itself_is_not_asked_again(
+    sidecars: Sidecars, upstream: FakeOpenAI
+):
+    upstream.behave("up-big", status=500, fail_times=1)  # the first request falls back to small
+    upstream.behave("up-small", reply="other words")
+    routes = """
+        providers:
+          main: {{type: openai, base_url: "{url}"}}
+        models:
+          big: {{provider: main, name: up-big, price: {{input: 3000, output: 15000}}}}
+          small: {{provider: main, name: up-small, price: {{input: 1000, output: 4000}}}}
+        routes:
+          chat:
+            targets: [big, small]
+            retry: {{attempts: 1}}
+            shadow: {{candidates: [small], sample: 1.0, max_usd_per_day: 10}}
+        """
+    sc = await sidecars.start(routes.format(url=upstream.base_url))
+    async with client(sc) as app:
+        assert (await ask(app))[1] == "other words"  # small's own answer: not compared
+        assert (await ask(app))[1] == SAME  # big's: compared with small's
+    await compared(sc, 1)
+    await until(lambda: sc.holder.stores.shadows.running("chat") == 0)
+    found = (await report(sc))["candidates"][0]
+    assert (found["compared"], found["agreement"]["rate"]) == (1, 0.0)
+    assert candidate_calls(upstream) == 2  # its answer, and one shadow call
+
+
 async def test_a_failing_candidate_is_counted_as_an_error(sidecars: Sidecars, upstream: FakeOpenAI):
     upstream.behave("up-small", status=500)
     sc = await sidecars.start(
