@@ -364,7 +364,8 @@ class _Compiler(StageSections, SelectSections, QualitySections):
             batch=batch_policy(b.get("batch")),
             prompt=prompt_policy(b),
             select=select,
-            shadow=self.shadow(e, models, targets, timeout),
+            # with tiers, any tier's model may be a candidate (for the requests it did not answer)
+            shadow=self.shadow(e, models, [] if select else targets, timeout),
         )
 
     def _baseline(self, e: Entry, models: dict[str, Model], targets: list[Target]) -> Model | None:

@@ -57,6 +57,24 @@ routes:
     assert checked.similarity == 0.8
 
 
+def test_on_a_route_with_tiers_any_tiers_model_may_be_a_candidate(tmp_path: Path):
+    write(
+        tmp_path,
+        {
+            "p.yaml": MODELS
+            + """\
+routes:
+  chat:
+    select: {tiers: {low: {targets: [small]}, high: {targets: [big]}}, default: low}
+    shadow: {candidates: [small, tiny], max_usd_per_day: 1}
+"""
+        },
+    )
+    shadow = load_folder(tmp_path).routes["chat"].shadow
+    assert shadow is not None
+    assert [m.name for m in shadow.candidates] == ["small", "tiny"]
+
+
 def test_shadow_problems_name_file_and_line(tmp_path: Path):
     write(
         tmp_path,
