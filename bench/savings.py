@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +81,8 @@ def _cache(mode: dict[str, Any]) -> dict[str, Any]:
     entry = {"scope": "global", "ttl": "1h", **mode}
     return {"cache": {"answers": entry}, "routes": {"assistant": {"cache": "answers"}}}
 
+
+SHADOW = {"candidates": ["mini"], "sample": 0.1, "max_usd_per_day": 100}
 
 ROWS = (
     Row("sidecar without levers", {}, in_all=False),
@@ -144,6 +147,9 @@ ROWS = (
         },
         in_all=False,
     ),
+    # A shadow trial of the small model on a tenth of the traffic: it costs (the `shadow`
+    # lever, negative) and saves nothing; the app's answers are the large model's.
+    Row("shadow trial of mini", {"routes": {"assistant": {"shadow": SHADOW}}}),
 )
 
 
@@ -215,6 +221,7 @@ class Result:
     hits: int = 0
     ledger: dict[str, Any] = field(default_factory=dict)  # /usage, global, total window
     sidecar_cpu: float = 0.0  # seconds per request
+    shadow: str = ""  # `llm-sidecar shadow`'s report, on a row with a shadow trial
 
     @property
     def p50(self) -> float:
@@ -287,14 +294,29 @@ def run_sidecar(
         while time.monotonic() < deadline:  # accounting ends just after each answer
             rows = _get(f"http://{harness.HOST}:{ops}/usage?scope=global&window=total")["rows"]
             ledger = rows[0] if rows else {}
-            if ledger.get("requests", 0) >= len(workload.requests):
-                break
+            if ledger.get("requests", 0) >= len(workload.requests) and not _shadowing(ops):
+                break  # every answer accounted, and every shadow call (they come after)
             time.sleep(0.1)
         result = score(row.name, workload, replay, _get(f"{fake}/bill"))
         result.ledger, result.sidecar_cpu = ledger, cpu / len(workload.requests)
+        if "shadow" in json.dumps(row.overlay):
+            result.shadow = _shadow_report(ops)
         return result
     finally:
         sidecar.stop()
+
+
+def _shadowing(ops: int) -> bool:
+    """Shadow calls still running (a trial's calls follow their answers)."""
+    metrics = _get(f"http://{harness.HOST}:{ops}/stats")["metrics"]
+    return any(p["value"] for p in metrics.get("sidecar.shadow.running", {}).get("points", []))
+
+
+def _shadow_report(ops: int) -> str:
+    """What `llm-sidecar shadow` shows of the row's trial: the candidate judged on the bench's
+    traffic (its agreement is the fake small model's, not a real one's)."""
+    argv = [str(VENV_PY), "-m", "sidecar", "shadow", "--ops", f"http://{harness.HOST}:{ops}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
 
 
 def check(result: Result, baseline: Result) -> tuple[bool, float]:
@@ -411,6 +433,9 @@ def main() -> int:
     print()
     print(table(baseline, results))
     print(accounting(baseline, results))
+    for r in results:
+        if r.shadow:
+            print(f"\n{r.name}: llm-sidecar shadow\n{r.shadow}", end="")
     print(f"\n{size} requests, seed {args.seed}, {time.monotonic() - started:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {

@@ -5,8 +5,9 @@ The proxy listens on loopback (only the pod's own app may reach it); the ops lis
 serves health and status on all interfaces for the kubelet, so it takes fewer connections
 at once and closes idle ones sooner (sidecar/listeners.py). On stop: readiness turns
 false, the listeners close, requests in flight (streams too) get `drain_timeout` to finish,
-the accounting of answered requests gets `SETTLE_GRACE`, then stores and provider
-connections close.
+the accounting of answered requests gets `SETTLE_GRACE`, shadow calls still running
+`SHADOW_GRACE` (none starts once stopping began), then stores and provider connections
+close.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from aiohttp import web
 
 from sidecar.api import anthropic as anthropic_api
 from sidecar.api import batches as batches_api
+from sidecar.api import feedback as feedback_api
 from sidecar.api import jobs as jobs_api
 from sidecar.api import openai as openai_api
 from sidecar.api import ops
+from sidecar.api import shadow as shadow_api
 from sidecar.api import usage as usage_api
 from sidecar.api.guard import last_resort
 from sidecar.api.keys import HOLDER, JOBS, LIFECYCLE, LIMITS, USAGE_TOKEN, BodyLimits
@@ -41,6 +44,7 @@ from sidecar.telemetry.recorder import Telemetry
 log = logging.getLogger("sidecar")
 
 SETTLE_GRACE = 10.0  # at shutdown: for answered requests to record usage (a few store calls)
+SHADOW_GRACE = 1.0  # at shutdown: for shadow calls still running; then they are cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ def proxy_app(
     app.router.add_post("/v1/embeddings", openai_api.embeddings)
     app.router.add_get("/v1/models", openai_api.models)
     app.router.add_post("/v1/messages", anthropic_api.messages)
+    app.router.add_post("/v1/feedback", feedback_api.feedback)
     add_jobs_routes(app)
     app.router.add_route("*", "/{tail:.*}", openai_api.unknown_endpoint)
     return app
@@ -106,6 +111,7 @@ def ops_app(holder: Runtime, lifecycle: dict[str, Any], usage_token: str) -> web
     app.router.add_get("/stats", ops.stats)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_post("/cache/purge", usage_api.purge_cache)
+    app.router.add_get("/shadow", shadow_api.shadow)
     return app
 
 
@@ -162,6 +168,7 @@ class Sidecar:
 
     async def stop(self) -> None:
         self.lifecycle["draining"] = True
+        self.holder.stores.shadows.closed = True  # answers still going out start no trials
         self._stop_watching.set()
         proxy, ops_runner = self._runners
         # Jobs in flight get the drain time too, alongside requests; then back to the queue.
@@ -171,6 +178,7 @@ class Sidecar:
         await jobs
         # The books of the last answers, before the stores they are written to close.
         await self.holder.stores.settlements.drain(SETTLE_GRACE)
+        await self.holder.stores.shadows.drain(SHADOW_GRACE)
         await self.jobs.close()
         if self._watcher is not None:
             await self._watcher

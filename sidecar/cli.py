@@ -1,4 +1,5 @@
-"""Entry points: `llm-sidecar serve`, and the GitOps tools `check`, `diff` and `schema`."""
+"""Entry points: `llm-sidecar serve`, the GitOps tools `check`, `diff` and `schema`, and
+the views of a running sidecar (`usage`, `shadow`, `top`)."""
 
 from __future__ import annotations
 
@@ -58,26 +59,22 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the policy file format as JSON Schema (draft 2020-12)")
 
     usage = sub.add_parser("usage", help="spend and tokens per scope, from a running sidecar")
-    usage.add_argument("--scope", default="team", help="global|user|team|route|model|key")
+    usage.add_argument("--scope", default="team", help="global|user|team|route|model|key|shadow")
     usage.add_argument("--window", default="day", help="hour|day|week|month|total")
     usage.add_argument("--bucket", help="a past window, e.g. 2026-11-25 (default: the current)")
-    usage.add_argument(
-        "--ops",
-        default=os.environ.get(
-            "SIDECAR_OPS_URL", f"http://127.0.0.1:{launch.env_int('SIDECAR_OPS_PORT', 8481)}"
-        ),
-        help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
-    )
+    _ops_option(usage)
     usage.add_argument("--json", action="store_true", help="print the JSON as served")
 
-    top = sub.add_parser("top", help="a live view of a running sidecar (like htop)")
-    top.add_argument(
-        "--ops",
-        default=os.environ.get(
-            "SIDECAR_OPS_URL", f"http://127.0.0.1:{launch.env_int('SIDECAR_OPS_PORT', 8481)}"
-        ),
-        help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
+    shadow = sub.add_parser(
+        "shadow", help="how shadow trials' candidates compare, from a running sidecar"
     )
+    shadow.add_argument("--route", help="one route (default: every route with a trial)")
+    shadow.add_argument("--days", type=int, default=7, help="the last N UTC days (default 7)")
+    _ops_option(shadow)
+    shadow.add_argument("--json", action="store_true", help="print the JSON as served")
+
+    top = sub.add_parser("top", help="a live view of a running sidecar (like htop)")
+    _ops_option(top)
     top.add_argument("-n", "--interval", type=float, default=2.0, help="seconds between polls")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
 
@@ -85,6 +82,16 @@ def parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parsers(sub)
     return p
+
+
+def _ops_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--ops",
+        default=os.environ.get(
+            "SIDECAR_OPS_URL", f"http://127.0.0.1:{launch.env_int('SIDECAR_OPS_PORT', 8481)}"
+        ),
+        help="the sidecar's ops URL (default $SIDECAR_OPS_URL or http://127.0.0.1:8481)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.usage_table import show
 
         return show(args.ops, args.scope, args.window, args.bucket, args.json)
+    if args.command == "shadow":
+        from sidecar.shadow.table import show as show_shadow
+
+        return show_shadow(args.ops, args.route, args.days, args.json)
     if args.command == "top":
         from sidecar.top import run as top
 

@@ -189,6 +189,15 @@ BATCH = obj(
     metadata={"type": ["object", "null"]},
 )
 
+# App feedback on an answer (api/feedback.py checks the score's range and the label's length)
+FEEDBACK = obj(
+    "id",
+    "score",
+    id=NAME,
+    score={"type": ["number", "string"]},
+    label={"type": ["string", "null"]},
+)
+
 
 # -- answers, in the internal (OpenAI) shape --------------------------------------------
 
@@ -273,6 +282,7 @@ EMBEDDINGS_SHAPE = Shape("embeddings", EMBEDDINGS)
 MESSAGES_SHAPE = Shape("messages", MESSAGES)
 JOB_SHAPE = Shape("job", JOB)
 BATCH_SHAPE = Shape("batch", BATCH)
+FEEDBACK_SHAPE = Shape("feedback", FEEDBACK)
 CHAT_ANSWER_SHAPE = Shape("chat completion", CHAT_ANSWER)
 EMBEDDINGS_ANSWER_SHAPE = Shape("embeddings answer", EMBEDDINGS_ANSWER)
 CHUNK_SHAPE = Shape("chat completion chunk", CHUNK)

@@ -30,11 +30,14 @@ COST = "sidecar.cost"
 BASELINE, SAVED = "sidecar.cost.baseline", "sidecar.cost.saved"
 QUEUE_WAIT = "sidecar.queue.wait"
 ROUTE = "sidecar.route"
+MODEL, TIER = "sidecar.model", "sidecar.tier"
 USER = "sidecar.user"
+SIGNALS, OUTPUTS = "sidecar.quality.signals", "sidecar.output.validations"
+FEEDBACK_SCORE, SHADOW_PAIRS = "sidecar.feedback.score", "sidecar.shadow.comparisons"
 MAX_ROWS = 12  # routes and users shown, busiest first
 SPEND, REMAINING = "sidecar.budget.spend", "sidecar.budget.remaining"
 # Current values, or sums that may go down: never differenced.
-GAUGES = frozenset({"sidecar.circuit.state", SPEND, REMAINING, SAVED})
+GAUGES = frozenset({"sidecar.circuit.state", SPEND, REMAINING, SAVED, "sidecar.shadow.running"})
 
 _CLEAR = "\x1b[H\x1b[2J"
 _ALT_ON, _ALT_OFF = "\x1b[?1049h\x1b[?25l", "\x1b[?25h\x1b[?1049l"
@@ -158,7 +161,8 @@ def _num(n: float) -> str:
     return f"{n:,.0f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell: the first to the left, the others right."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for r in [header, *rows]:
@@ -209,6 +213,7 @@ def render(
         f"   ineligible {_num(lookups.get('ineligible', 0))}   saved {saved:.6f} USD",
         "outputs   " + (", ".join(f"{k} {_num(v)}" for k, v in sorted(outputs.items())) or "-"),
         _tiers(win),
+        _quality_line(win),
         _savings(now),
         "",
     ]
@@ -247,7 +252,7 @@ def render(
         )
     header = ["ROUTE", "REQ/S", "ERR%", "P50", "P95", "P99", "REQUESTS", "TOK IN", "TOK OUT"]
     header += ["COST USD", "SAVED USD"]
-    lines += _table(header, rows) if rows else ["(no requests yet)"]
+    lines += aligned(header, rows) if rows else ["(no requests yet)"]
 
     users = sorted(
         {str(p["attributes"][USER]) for p in points(now, TOKENS) if USER in p["attributes"]}
@@ -260,7 +265,9 @@ def render(
             [u, _num(u_in.get(u, 0)), _num(u_out.get(u, 0)), f"{u_cost.get(u, 0.0):.6f}"]
             for u in users[:MAX_ROWS]
         ]
-        lines += ["", *_table(["USER", "TOK IN", "TOK OUT", "COST USD"], rows)]
+        lines += ["", *aligned(["USER", "TOK IN", "TOK OUT", "COST USD"], rows)]
+
+    lines += _quality_table(now)
 
     circuits = current.get("circuits") or {}
     if circuits:
@@ -268,7 +275,7 @@ def render(
             [name, c["state"], str(c["consecutive_failures"]), str(c["trips"])]
             for name, c in sorted(circuits.items())
         ]
-        lines += ["", *_table(["CIRCUIT", "STATE", "FAILURES", "TRIPS"], rows)]
+        lines += ["", *aligned(["CIRCUIT", "STATE", "FAILURES", "TRIPS"], rows)]
 
     left = {_budget(p["attributes"]): p["value"] for p in points(now, REMAINING)}
     if left:
@@ -278,7 +285,7 @@ def render(
             for key, value in sorted(left.items(), key=lambda kv: kv[1])[:MAX_ROWS]
         ]
         header = ["BUDGET", "SCOPE", "WINDOW", "SPENT USD", "LEFT USD"]
-        lines += ["", *_table(header, rows)]
+        lines += ["", *aligned(header, rows)]
 
     limits = sorted(
         {str(p["attributes"].get("sidecar.limit")) for p in points(now, QUEUE_WAIT)}
@@ -291,7 +298,7 @@ def render(
             h = histogram(win, QUEUE_WAIT, **{"sidecar.limit": limit})
             now_waiting = sum(n for k, n in waiting.items() if k.split(":", 1)[0] == limit)
             rows.append([limit, str(now_waiting), _num(h.count), ms(h.quantile(0.95))])
-        lines += ["", *_table(["QUEUE", "WAITING", "WAITED", "WAIT P95"], rows)]
+        lines += ["", *aligned(["QUEUE", "WAITING", "WAITED", "WAIT P95"], rows)]
     return "\n".join(lines)
 
 
@@ -338,6 +345,73 @@ def _tiers(metrics: Mapping[str, Any]) -> str:
         )
         line += f" ({reasons}) cost {cost:.6f} USD"
     return line
+
+
+def _quality_line(metrics: Mapping[str, Any]) -> str:
+    """Over the window: what the app could see was wrong, what it said, how shadows agree."""
+    found = total(metrics, SIGNALS, by="sidecar.signal")
+    scores = histogram(metrics, FEEDBACK_SCORE)
+    mean = sum(total(metrics, FEEDBACK_SCORE).values()) / scores.count if scores.count else None
+    pairs = total(metrics, SHADOW_PAIRS, by="sidecar.agreement")
+    compared = pairs.get("agree", 0) + pairs.get("disagree", 0)
+    shadow = (
+        f"{_num(compared)} compared, {100 * pairs.get('agree', 0) / compared:.1f}% agree"
+        if compared
+        else "-"
+    )
+    return (
+        f"quality   truncated {_num(found.get('truncated', 0))}   refused "
+        f"{_num(found.get('refusal', 0))}   empty {_num(found.get('empty', 0))}   feedback "
+        f"{_num(scores.count)}"
+        + (f" (mean {mean:.2f})" if mean is not None else "")
+        + f"   shadow {shadow}"
+    )
+
+
+def _quality_table(metrics: Mapping[str, Any]) -> list[str]:
+    """Since the start, per route, model and tier: answers, their validity, what was wrong
+    with them (as shares of the answers), and the app's feedback."""
+
+    def by(name: str, attr: str | None = None) -> dict[tuple[str, ...], list[float]]:
+        """[count, sum] per (route, model, tier[, attr])."""
+        out: dict[tuple[str, ...], list[float]] = {}
+        for p in points(metrics, name):
+            a = p["attributes"]
+            key: tuple[str, ...] = (str(a.get(ROUTE)), str(a.get(MODEL)), str(a.get(TIER, "-")))
+            if attr is not None:
+                key += (str(a.get(attr)),)
+            found = out.setdefault(key, [0.0, 0.0])
+            found[0] += p["count"] if "buckets" in p else p["value"]
+            found[1] += p["sum"] if "buckets" in p else p["value"]
+        return out
+
+    answers = {k: v[0] for k, v in by(DURATION).items() if k[1] != "None"}
+    signals, outputs = by(SIGNALS, "sidecar.signal"), by(OUTPUTS, "sidecar.output")
+    feedback = by(FEEDBACK_SCORE)
+    rows = []
+    for key, n in sorted(answers.items(), key=lambda kv: -kv[1])[:MAX_ROWS]:
+        counted = [outputs.get((*key, o), [0.0])[0] for o in ("valid", "repaired", "default")]
+        shares = [
+            f"{100 * signals.get((*key, signal), [0.0])[0] / n:.1f}%"
+            for signal in ("truncated", "refusal", "empty")
+        ]
+        scored, score_sum = feedback.get(key, [0.0, 0.0])
+        rows.append(
+            [
+                *key,
+                _num(n),
+                *(_num(c) for c in counted),
+                _num(outputs.get((*key, "rejected"), [0.0])[0]),
+                *shares,
+                _num(scored),
+                f"{score_sum / scored:.2f}" if scored else "-",
+            ]
+        )
+    if not rows:
+        return []
+    header = ["QUALITY", "MODEL", "TIER", "REQUESTS", "VALID", "REPAIRED", "DEFAULT", "422"]
+    header += ["TRUNC", "REFUSED", "EMPTY", "FEEDBACK", "SCORE"]
+    return ["", *aligned(header, rows)]
 
 
 def _budget(attributes: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -16,21 +16,28 @@ COUNTS = ("requests", "input_tokens", "output_tokens", "cached_tokens")
 MONEY = ("cost_usd", "baseline_usd", "saved_usd")
 
 
-def show(ops: str, scope: str, window: str, bucket: str | None, as_json: bool) -> int:
-    query = {"scope": scope, "window": window, **({"bucket": bucket} if bucket else {})}
-    request = urllib.request.Request(f"{ops.rstrip('/')}/usage?{urllib.parse.urlencode(query)}")
+def read_ops(ops: str, path: str, query: dict[str, str], command: str) -> Any:
+    """GET a protected ops endpoint (with `SIDECAR_USAGE_TOKEN`, when set) as JSON; None
+    after saying on stderr why not."""
+    request = urllib.request.Request(f"{ops.rstrip('/')}{path}?{urllib.parse.urlencode(query)}")
     token = os.environ.get("SIDECAR_USAGE_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            body = json.load(response)
+            return json.load(response)
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", {}).get("message", exc.reason)
-        print(f"llm-sidecar usage: {exc.code} {detail}", file=sys.stderr)
-        return 1
+        print(f"llm-sidecar {command}: {exc.code} {detail}", file=sys.stderr)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"llm-sidecar usage: cannot reach {ops} ({exc})", file=sys.stderr)
+        print(f"llm-sidecar {command}: cannot reach {ops} ({exc})", file=sys.stderr)
+    return None
+
+
+def show(ops: str, scope: str, window: str, bucket: str | None, as_json: bool) -> int:
+    query = {"scope": scope, "window": window, **({"bucket": bucket} if bucket else {})}
+    body = read_ops(ops, "/usage", query, "usage")
+    if body is None:
         return 1
     if as_json:
         print(json.dumps(body, indent=2))

@@ -214,11 +214,11 @@ def usage(u: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _message_id(raw_id: Any) -> str:
-    return (
-        raw_id
-        if isinstance(raw_id, str) and raw_id.startswith("msg_")
-        else f"msg_{uuid.uuid4().hex[:24]}"
-    )
+    """Anthropic's form of the answer's id: `msg_` before an OpenAI target's id, so app
+    feedback (pipeline/recent.py) finds the answer by either."""
+    if isinstance(raw_id, str) and raw_id:
+        return raw_id if raw_id.startswith("msg_") else f"msg_{raw_id}"
+    return f"msg_{uuid.uuid4().hex[:24]}"
 
 
 def response(raw: bytes) -> bytes:

@@ -18,7 +18,7 @@ from sidecar.shapes import CHAT_SHAPE, EMBEDDINGS_SHAPE
 
 ENDPOINTS = (
     "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, POST /v1/messages, "
-    "/v1/jobs, /v1/files, /v1/batches"
+    "POST /v1/feedback, /v1/jobs, /v1/files, /v1/batches"
 )
 
 

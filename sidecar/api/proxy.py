@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from opentelemetry.trace import Span
 
 from sidecar.api.body import json_body
 from sidecar.api.keys import HOLDER
@@ -24,6 +23,7 @@ from sidecar.errors import NotReady, SidecarError, UpstreamError
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.run import finish, run
 from sidecar.providers.base import CHAT, Events, Reply
+from sidecar.shadow.trial import launch
 from sidecar.shapes import Shape
 from sidecar.telemetry.recorder import OPERATION
 from sidecar.telemetry.request import observe, trace_id
@@ -82,6 +82,7 @@ async def proxy(
     )
     name = f"{OPERATION.get(operation, operation)} {body.get('model')}"
     with snapshot.telemetry.server_span(request.headers, name) as span:
+        ctx.trace_id = trace_id(span)
         status, error = 500, "internal"
         response: web.StreamResponse | None = None
         try:
@@ -89,18 +90,18 @@ async def proxy(
                 reply = await run(ctx)
             except SidecarError as exc:
                 status, error = exc.status, exc.code
-                response = error_response(dialect, exc, _headers(ctx, span))
+                response = error_response(dialect, exc, _headers(ctx))
                 return response
             status, error = reply.status, None
             if reply.events is None:
                 response = web.Response(
                     body=dialect.answer(reply.body),
                     status=reply.status,
-                    headers=_headers(ctx, span),
+                    headers=_headers(ctx),
                     content_type=JSON,
                 )
                 return response
-            response, error = await _relay(request, reply, ctx, _headers(ctx, span), dialect)
+            response, error = await _relay(request, reply, ctx, _headers(ctx), dialect)
             return response
         finally:
             ending = finish(ctx)  # in a task of its own: the app's disconnect cannot stop it
@@ -113,6 +114,8 @@ async def proxy(
                 if response is not None:
                     await _send(request, response)
                 await asyncio.shield(ending.done)
+                if ctx.shadow is not None and status == 200 and error is None:
+                    launch(ctx)  # a shadow trial's calls: the answer is out, its books written
             finally:
                 observe(ctx, span, status, error)
 
@@ -127,11 +130,10 @@ async def _send(request: web.Request, response: web.StreamResponse) -> None:
         await response.write_eof()
 
 
-def _headers(ctx: RequestContext, span: Span | None) -> dict[str, str]:
+def _headers(ctx: RequestContext) -> dict[str, str]:
     headers = ctx.response_headers()
-    trace = trace_id(span)
-    if trace is not None:
-        headers["x-sidecar-trace-id"] = trace
+    if ctx.trace_id is not None:
+        headers["x-sidecar-trace-id"] = ctx.trace_id
     return headers
 
 

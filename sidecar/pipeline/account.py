@@ -38,7 +38,7 @@ async def record(ctx: RequestContext) -> None:
                 ctx.hold = None
             return
         now = time.time()
-        rows = _rows(int(now), tuple(scope_value(ctx, scope) for scope in USAGE_SCOPES))
+        rows = usage_rows(int(now), tuple(scope_value(ctx, scope) for scope in USAGE_SCOPES))
         await state.settle(ctx.hold, tuple(rows), usage(ctx))
         ctx.hold = None
         await _warn(ctx, now)
@@ -59,13 +59,13 @@ async def record_extra(ctx: RequestContext) -> None:
         row = usage(ctx)
         row.requests = 0
         values = tuple(scope_value(ctx, scope) for scope in USAGE_SCOPES)
-        await ctx.snapshot.state.settle(None, _rows(int(time.time()), values), row)
+        await ctx.snapshot.state.settle(None, usage_rows(int(time.time()), values), row)
     except StoreUnavailable as exc:
         log.error("state store unavailable (%s): a verification's cost is not recorded", exc)
 
 
 @functools.lru_cache(maxsize=1024)
-def _rows(second: int, values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+def usage_rows(second: int, values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """Every usage row a request adds to: 6 scopes x 5 windows. Pure, so cached: requests
     from the same caller in the same second share the work."""
     return tuple(

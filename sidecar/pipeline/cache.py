@@ -147,6 +147,9 @@ def _serve(ctx: RequestContext, raw: bytes, how: str, verify: bool = False) -> R
     if verify:
         ctx.cache_check = answer
     ctx.hit_tokens = _tokens(entry)
+    ctx.answer_id = str(answer.get("id") or "")
+    by = entry.get("by")  # entries from before feedback do not say
+    ctx.hit_by = (str(by[0]), by[1]) if by else None
     if ctx.stream:
         include_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
         return Reply(events=replay(events_from_completion(answer, include_usage)))
@@ -218,8 +221,14 @@ async def store(ctx: RequestContext) -> None:
     entry = None
     try:
         if policy is not None and answer is not None and ctx.cache_key is not None:
+            by = [ctx.answered_by.name, ctx.tier] if ctx.answered_by else None
             entry = orjson.dumps(
-                {"answer": answer, "cost": ctx.cost_usd or 0.0, "tokens": answer_tokens(ctx)}
+                {
+                    "answer": answer,
+                    "cost": ctx.cost_usd or 0.0,
+                    "tokens": answer_tokens(ctx),
+                    "by": by,
+                }
             )
             answers, index = ctx.snapshot.stores.caches.get(policy)
             await answers.put(ctx.cache_key, entry, policy.ttl)

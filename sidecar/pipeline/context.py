@@ -81,6 +81,12 @@ class RequestContext:
     trimmed_messages: int = 0  # x-sidecar-trimmed
     trim_chars: tuple[int, int] | None = None  # characters (removed, sent), to price the trim
     output_capped: bool = False  # max_tokens is the route's max_output_tokens
+    # quality (pipeline/judge.py, pipeline/recent.py, sidecar/shadow)
+    signals: tuple[str, ...] = ()  # truncated | refusal | empty: the answer the app got
+    answer_id: str | None = None  # the answer's `id` ("" if none) once it went out
+    trace_id: str | None = None  # x-sidecar-trace-id, when tracing is on
+    hit_by: tuple[str, str | None] | None = None  # a hit: the (model, tier) that answered
+    shadow: Any = None  # a request sampled for its route's shadow trial: its capture
 
     @property
     def deadline(self) -> float:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from sidecar.pipeline.context import RequestContext
+from sidecar.pipeline.judge import StreamJudge, judge
 from sidecar.pipeline.ledger import charge
 from sidecar.pipeline.prepare import priced_trim
 from sidecar.policy.model import Model
@@ -27,12 +28,12 @@ def meter(ctx: RequestContext, reply: Reply) -> Reply:
     if reply.events is not None:
         reply.events = _metered(ctx, reply.events)
         return reply
-    charge_answer(ctx, reply.body)
-    if ctx.answers > 1:
-        answer = orjson.loads(reply.body)
-        if isinstance(answer, dict) and "usage" in answer:
-            answer["usage"] = _totals(ctx)
-            reply.body = orjson.dumps(answer)
+    answer = charge_answer(ctx, reply.body)
+    if ctx.output != "default":  # the policy's answer, not a model's: nothing to judge
+        judge(ctx, answer)
+    if ctx.answers > 1 and isinstance(answer, dict) and "usage" in answer:
+        answer["usage"] = _totals(ctx)
+        reply.body = orjson.dumps(answer)
     return reply
 
 
@@ -52,9 +53,10 @@ def _totals(ctx: RequestContext, extra: dict[str, Any] | None = None) -> dict[st
     }
 
 
-def charge_answer(ctx: RequestContext, body: bytes) -> None:
+def charge_answer(ctx: RequestContext, body: bytes) -> Any:
     """Add one JSON answer's tokens and cost to the request (validation retries call this
-    for each answer they discard, so every answer paid for is accounted)."""
+    for each answer they discard, so every answer paid for is accounted). Returns the
+    answer, parsed."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -72,6 +74,7 @@ def charge_answer(ctx: RequestContext, body: bytes) -> None:
             0,
             False,
         )
+    return answer
 
 
 def charge_events(ctx: RequestContext, events: list[bytes]) -> None:
@@ -176,6 +179,7 @@ async def _metered(ctx: RequestContext, events: Events) -> Events:
     sent none (many local servers), from the sidecar's own estimate and marked so."""
     wants_usage = bool((ctx.client_body.get("stream_options") or {}).get("include_usage"))
     discarded = ctx.answers > 0  # answers validation paid for and threw away
+    judged = StreamJudge() if ctx.output != "default" else None
     chunks = 0
     usage: dict[str, Any] | None = None
     try:
@@ -195,8 +199,11 @@ async def _metered(ctx: RequestContext, events: Events) -> Events:
                     out.append(_estimated(ctx, chunks))
                 elif event.startswith(b"data: {"):
                     chunks += 1
+                    chunk = judged.feed(ctx, event) if judged and judged.reading else None
                     if b'"finish_reason":"' in event:
-                        ctx.finish_reasons += _finish_reasons(orjson.loads(event[6:]))
+                        if chunk is None:
+                            chunk = orjson.loads(event[6:])
+                        ctx.finish_reasons += _finish_reasons(chunk)
                 out.append(event)
             if out:
                 yield out
@@ -205,6 +212,8 @@ async def _metered(ctx: RequestContext, events: Events) -> Events:
             _charge_usage(ctx, usage)
         else:
             _charge(ctx, ctx.estimate_in or estimate_request(ctx.body), chunks, 0, 0, False)
+        if judged is not None:
+            judged.end(ctx)
 
 
 def _estimated(ctx: RequestContext, chunks: int) -> bytes:

@@ -7,10 +7,13 @@
       → escalate: dispatch (retries, fallback, breakers, hedging) to the tier, and up the
         route's tiers while a cascade's checks reject the answer
       → validate (schema; refined retries, fallback, default) → meter
+      → sample (a route's shadow trial: keep this answer to compare with a candidate's)
     … a JSON answer is stored in the cache, then goes out (a stream goes out as it comes) …
     finish: release what admit took, store in the cache (what is left to store) — the
-      answer's last byte waits for these two — then account (usage, spend, holds,
-      token-rate corrections), then, detached, verify a sampled semantic cache hit
+      answer's last byte waits for these two — then note the answer for the app's
+      feedback, account (usage, spend, holds, token-rate corrections), then, detached,
+      verify a sampled semantic cache hit
+    … after the answer's last byte: a sampled request's shadow calls (shadow/trial.py)
 
 A job line that may wait for a provider batch (jobs/defer.py) comes with a `Deferral`: it
 runs the stages up to dispatch, then is handed over instead of dispatched (`Deferred`);
@@ -40,10 +43,12 @@ from sidecar.pipeline.escalate import escalate
 from sidecar.pipeline.identify import identify
 from sidecar.pipeline.meter import meter
 from sidecar.pipeline.prepare import prepare
+from sidecar.pipeline.recent import index_answer
 from sidecar.pipeline.route import route
 from sidecar.pipeline.select import select
 from sidecar.pipeline.validate import validate
 from sidecar.providers.base import Reply
+from sidecar.shadow.sample import sample
 
 __all__ = ["Deferral", "Deferred", "Ending", "finish", "resume", "run"]
 
@@ -96,7 +101,7 @@ async def resume(ctx: RequestContext, reply: Reply) -> Reply:
         land(ctx, exc)
         raise
     reply = remember(ctx, reply)
-    return meter(ctx, reply)
+    return sample(ctx, meter(ctx, reply))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,5 +128,6 @@ async def _settle(ctx: RequestContext, freed: asyncio.Future[None]) -> None:
             await store(ctx)  # which also wakes the requests waiting on this one's answer
     finally:
         freed.set_result(None)
+    await index_answer(ctx)  # for the app's feedback: first, it may come at once
     await record(ctx)
     verify.start(ctx)  # a sampled semantic hit, checked against the upstream, detached

@@ -61,7 +61,6 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
     for round_ in range(out.retries + 1):
         answer, text, buffered = await _read(reply, tool)
         verdict = _check(text, validator, out.lenient, nulls)
-        _signal(ctx, answer, text)
         if trusted and not verdict.ok:  # reported, passed on as it came
             ctx.output = "invalid"
             ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, ctx.output))
@@ -94,6 +93,7 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
             _discard(ctx, reply, buffered)
     if out.then == "default" and out.default is not None:
         ctx.output = "default"
+        ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, "default"))
         model = ctx.answered_by.upstream if ctx.answered_by else ""
         answer = completion(model, out.default)
         answer["x_sidecar_output"] = "default"  # in the body too: the app may not read headers
@@ -101,6 +101,7 @@ async def validate(ctx: RequestContext, reply: Reply) -> Reply:
             return Reply(events=replay(events_from_completion(answer, True)))
         return Reply(body=orjson.dumps(answer))
     ctx.output = "invalid"
+    ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, "rejected"))  # the 422
     raise OutputInvalid(
         f"the answer did not match schema '{out.schema_name}' after {ctx.attempts} "
         f"attempt(s): " + "; ".join(verdict.errors),
@@ -167,8 +168,8 @@ def _text(answer: dict[str, Any], tool: str | None) -> str:
 
 
 def _check(text: str, validator: Any, lenient: bool, nulls: Nulls | None = None) -> Verdict:
-    value, extracted = _parse(text, lenient)
-    if value is _NOTHING:
+    value, extracted = parse_json(text, lenient)
+    if value is NOTHING:
         return Verdict(
             False, errors=["$: the answer is not JSON" + (" (none found)" if lenient else "")]
         )
@@ -180,21 +181,21 @@ def _check(text: str, validator: Any, lenient: bool, nulls: Nulls | None = None)
     return Verdict(True, value, extracted, cleaned)
 
 
-_NOTHING = object()
+NOTHING = object()
 
 
-def _parse(text: str, lenient: bool) -> tuple[Any, bool]:
+def parse_json(text: str, lenient: bool) -> tuple[Any, bool]:
     try:
         return orjson.loads(text), False
     except orjson.JSONDecodeError:
         if not lenient:
-            return _NOTHING, False
+            return NOTHING, False
     for candidate in [m.group(1) for m in _FENCE.finditer(text)] + _spans(text):
         try:
             return orjson.loads(candidate), True
         except orjson.JSONDecodeError:
             continue
-    return _NOTHING, False
+    return NOTHING, False
 
 
 def _spans(text: str) -> list[str]:
@@ -284,22 +285,6 @@ def _deliver(
     return reply
 
 
-def _signal(ctx: RequestContext, answer: dict[str, Any], text: str) -> None:
-    """Quality signals beside validity: refusals, truncations, empty answers."""
-    try:
-        choice = answer["choices"][0]
-    except (KeyError, IndexError, TypeError):
-        return
-    if choice.get("finish_reason") == "length":
-        ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, "truncated"))
-    if (choice.get("message") or {}).get("refusal") or choice.get(
-        "finish_reason"
-    ) == "content_filter":
-        ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, "refusal"))
-    if not text.strip():
-        ctx.snapshot.telemetry.outputs.add(1, _attrs(ctx, "empty"))
-
-
 def _attrs(ctx: RequestContext, result: str) -> dict[str, str]:
     """`sidecar.enforce` says whether the answering provider was asked to enforce the schema
     itself (native) or not (none), so first-try validity can be compared with it on and off."""
@@ -307,12 +292,15 @@ def _attrs(ctx: RequestContext, result: str) -> dict[str, str]:
     native = ctx.native is not None and model is not None
     if native and model is not None:
         native = ctx.snapshot.policy.providers[model.provider].structured_output != "none"
-    return {
+    attrs = {
         "sidecar.route": ctx.route.name if ctx.route else "(none)",
         "sidecar.model": model.name if model else "(none)",
         "sidecar.output": result,
         "sidecar.enforce": "native" if native else "none",
     }
+    if ctx.tier is not None:
+        attrs["sidecar.tier"] = ctx.tier
+    return attrs
 
 
 async def _judged(

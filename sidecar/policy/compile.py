@@ -26,6 +26,7 @@ from sidecar.policy.compile_prompt import (
     route_cache,
     target_cache,
 )
+from sidecar.policy.compile_quality import QualitySections
 from sidecar.policy.compile_select import SelectSections
 from sidecar.policy.compile_stages import StageSections
 from sidecar.policy.durations import parse_duration
@@ -180,7 +181,7 @@ def _merge(docs: list[Document], problems: list[Problem]) -> dict[str, dict[str,
     return sections
 
 
-class _Compiler(StageSections, SelectSections):
+class _Compiler(StageSections, SelectSections, QualitySections):
     def __init__(
         self,
         sections: dict[str, dict[str, Entry]],
@@ -234,6 +235,7 @@ class _Compiler(StageSections, SelectSections):
             budgets=budgets,
             admission=admission,
             jobs=self.jobs(),
+            quality=self.quality(),
             emptied=emptied,
         )
 
@@ -347,12 +349,13 @@ class _Compiler(StageSections, SelectSections):
         conditions += [Condition(k, "", values(match[k])) for k in ("user", "team") if k in match]
         hedge = b.get("hedge")
         first_token = b.get("first_token_timeout")
+        timeout = seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT)
         return Route(
             name=e.name,
             model=match.get("model", e.name),
             conditions=tuple(conditions),
             targets=tuple(targets),
-            timeout=seconds(b.get("timeout"), DEFAULT_ROUTE_TIMEOUT),
+            timeout=timeout,
             first_token_timeout=parse_duration(first_token) if first_token else None,
             hedge=Hedge(parse_duration(hedge["after"]), hedge.get("max", 1)) if hedge else None,
             output=self.output(e, schemas, targets, providers),
@@ -361,6 +364,8 @@ class _Compiler(StageSections, SelectSections):
             batch=batch_policy(b.get("batch")),
             prompt=prompt_policy(b),
             select=select,
+            # with tiers, any tier's model may be a candidate (for the requests it did not answer)
+            shadow=self.shadow(e, models, [] if select else targets, timeout),
         )
 
     def _baseline(self, e: Entry, models: dict[str, Model], targets: list[Target]) -> Model | None:

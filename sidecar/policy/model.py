@@ -6,6 +6,7 @@ prepared here; nothing on the request path parses a duration or scans a list of 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,6 +282,20 @@ class Selection:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowPolicy:
+    """A route's shadow trial (sidecar/shadow): which candidates get a sampled copy of its
+    requests once the app's answer is out, how many, and what they may spend."""
+
+    candidates: tuple[Model, ...]
+    max_usd_per_day: float  # shadow spend of this route per UTC day, across replicas
+    sample: float = 0.05  # share of answered requests copied to every candidate
+    max_concurrent: int = 4  # shadow calls of this route in flight per process; more: skipped
+    timeout: float = 120.0  # per candidate call (default: the route's timeout)
+    embedding: Model | None = None  # semantic agreement: the two answers' cosine similarity
+    similarity: float = 0.9  # ...counts as agreement from here
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     model: str  # what the app puts in `model`
@@ -299,6 +314,7 @@ class Route:
     # Tiers, cheapest first (a `cascade` without `select`: one tier per target); `targets`
     # is then every tier's, in that order.
     select: Selection | None = None
+    shadow: ShadowPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +377,38 @@ class TelemetryConfig:
     max_users: int = 100
 
 
+# Answers that decline the task, as models word it in English (case-insensitive, searched
+# in an answer's first `REFUSAL_SPAN` characters); `quality.refusals` replaces them.
+_A = "['\u2019]"  # either apostrophe
+_NOT = rf"( can{_A}?t| cannot| won{_A}t| am unable| am not able|{_A}m unable|{_A}m not able)"
+DEFAULT_REFUSALS = (
+    rf"^\W*(I{_A}m|I am) (sorry|afraid),? (but )?I{_NOT}",
+    rf"^\W*(sorry|I apologi[sz]e),? (but )?I{_NOT}",
+    rf"^\W*I{_NOT}( to)? (help|assist|comply|provide|do that|fulfil)",
+    rf"^\W*As an AI( language model)?,? I( can{_A}?t| cannot| don{_A}t| do not)",
+)
+REFUSAL_SPAN = 300
+
+
+def refusal_pattern(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One alternation of `patterns`, compiled once at reload; None when there are none."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+
+
+DEFAULT_REFUSAL = refusal_pattern(DEFAULT_REFUSALS)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityConfig:
+    """The `quality:` section: what counts as a refusal, and how app feedback is taken."""
+
+    refusal: re.Pattern[str] | None = DEFAULT_REFUSAL
+    feedback_ttl: float = 3600.0  # an answer takes feedback this long; 0: no feedback at all
+    labels: frozenset[str] = frozenset()  # feedback labels kept as a metric attribute
+
+
 DEFAULT_JOBS_PATH = "llm-sidecar-jobs.db"
 DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024  # as a request body: a sidecar's memory is small
 
@@ -406,6 +454,7 @@ class Policy:
     admission: Mapping[str, Admission] = field(default_factory=dict)  # by route name
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     jobs: JobsConfig | None = None  # None: no `jobs:` section, the jobs API is off
+    quality: QualityConfig = field(default_factory=QualityConfig)
     # Of providers/models/routes, those a file writes as `{}`: meant to be empty, so a
     # reload that leaves none of them is taken (else it is refused as a half-written file).
     emptied: frozenset[str] = frozenset()

@@ -321,6 +321,27 @@ SELECT: dict[str, Any] = {
     "sticky": DURATION,
 }
 
+# Shadow trials (sidecar/shadow): after the app's answer has gone out, a sampled copy of the
+# request goes to each candidate model, and the two answers are compared.
+SHADOW: dict[str, Any] = {
+    "candidates": {
+        "type": "list",
+        "required": True,
+        "minlength": 1,
+        "schema": {"type": "string", "empty": False},
+    },
+    "sample": {"type": "number", "min": 0.0, "max": 1.0},  # share of answers copied
+    "max_usd_per_day": {"type": "number", "required": True, "min": 0},  # all replicas
+    "max_concurrent": {"type": "integer", "min": 1, "max": 64},  # per process
+    "timeout": DURATION,  # per candidate call
+    "compare": {
+        "type": "dict",
+        "schema": {
+            "embedding": {"type": "string", "empty": False},  # semantic similarity with it
+            "similarity": {"type": "float", "min": 0.5, "max": 1.0},  # agreement from here
+        },
+    },
+}
 
 ROUTE: dict[str, Any] = {
     "match": {"type": "dict", "schema": MATCH},
@@ -351,13 +372,15 @@ ROUTE: dict[str, Any] = {
     "max_output_tokens": MAX_OUTPUT,
     "select": {"type": "dict", "required": True, "excludes": "targets", "schema": SELECT},
     "cascade": {"type": "dict", "schema": CASCADE},
+    "shadow": {"type": "dict", "schema": SHADOW},
 }
 
 
 # What limits and budgets can be per. The answering model is known only after dispatch,
 # so it is a usage dimension but not an admission scope.
 SCOPES = ("user", "team", "route", "key", "global")
-USAGE_SCOPES = ("global", "user", "team", "route", "model", "key")
+# `shadow`: a route's shadow trial spend (sidecar/shadow), apart from the app's.
+USAGE_SCOPES = ("global", "user", "team", "route", "model", "key", "shadow")
 WINDOWS = ("hour", "day", "week", "month", "total")
 
 STATE: dict[str, Any] = {
@@ -400,6 +423,18 @@ TELEMETRY: dict[str, Any] = {
     "identity_in_spans": {"type": "boolean"},
     "user_attribute": {"type": "boolean"},
     "max_users": {"type": "integer", "min": 1, "max": 10000},
+}
+
+# What quality metrics look for (pipeline/judge.py), and app feedback (api/feedback.py).
+QUALITY: dict[str, Any] = {
+    "refusals": {"type": "list", "schema": {"type": "string", "empty": False}},  # regexes
+    "feedback": {
+        "type": "dict",
+        "schema": {
+            "ttl": DURATION,  # how long an answer takes feedback; 0s: no index, no feedback
+            "labels": {"type": "list", "schema": {"type": "string", "empty": False}},
+        },
+    },
 }
 
 
@@ -449,11 +484,12 @@ POLICY_FILE: dict[str, Any] = {
     "state": {"type": "dict", "schema": STATE},
     "telemetry": {"type": "dict", "schema": TELEMETRY},
     "jobs": {"type": "dict", "nullable": True, "schema": JOBS},  # `jobs:` alone: defaults
+    "quality": {"type": "dict", "schema": QUALITY},
 }
 
 # Named sections merge across files by entry name; the others may appear in one file only.
 SECTIONS = ("providers", "models", "routes", "limits", "budgets", "schemas", "cache")
-SINGLE_SECTIONS = ("state", "telemetry", "jobs")
+SINGLE_SECTIONS = ("state", "telemetry", "jobs", "quality")
 
 
 class _Validator(cerberus.Validator):  # type: ignore[misc]

@@ -87,6 +87,12 @@ class Provider(Protocol):
         """True while some call is in flight, so a retired provider closes only when idle."""
         ...
 
+    @property
+    def full(self) -> bool:
+        """True while `max_concurrency` calls are in flight: a shadow call then stays out,
+        so it never takes a slot the app would wait for."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -104,6 +110,10 @@ class Leases:
         self.limit = limit
         self.wait = wait
         self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.count >= self.limit
 
     async def acquire(self) -> Callable[[], None]:
         slots = self._slots

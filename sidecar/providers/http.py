@@ -215,6 +215,10 @@ class HttpProvider:
     def busy(self) -> bool:
         return self._leases.count > 0
 
+    @property
+    def full(self) -> bool:
+        return self._leases.full
+
     def when_idle(self, callback: Callable[[], None]) -> None:
         self._leases.idle = callback
 

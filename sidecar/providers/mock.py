@@ -33,6 +33,10 @@ class MockProvider:
     def busy(self) -> bool:
         return self._leases.count > 0
 
+    @property
+    def full(self) -> bool:
+        return self._leases.full
+
     def when_idle(self, callback: Callable[[], None]) -> None:
         self._leases.idle = callback
 

@@ -12,6 +12,7 @@ from sidecar.stores.classifiers import Classifiers
 from sidecar.stores.lines import Lines
 from sidecar.stores.micro_batches import MicroBatches
 from sidecar.stores.settlements import Settlements
+from sidecar.stores.shadows import Shadows
 from sidecar.stores.validators import Validators
 
 
@@ -28,3 +29,4 @@ class Stores:
     answer_sizes: AnswerSizes = field(default_factory=AnswerSizes)
     micro_batches: MicroBatches = field(default_factory=MicroBatches)  # embeddings calls
     classifiers: Classifiers = field(default_factory=Classifiers)
+    shadows: Shadows = field(default_factory=Shadows)

@@ -4,8 +4,9 @@ event-loop turn (no `await` between a check and its update)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-from sidecar.stores.state import Hold, Usage
+from sidecar.stores.state import MAX_NOTES, Hold, Usage
 
 _N = len(Usage.FIELDS)
 # `settle` adds to the fields by position, in this order, the levers after them.
@@ -18,6 +19,7 @@ assert Usage.BASE == (
     "saved_usd",
 )
 _LEVERS_AT = len(Usage.BASE)
+_FEEDBACK_AT = Usage.FIELDS.index("feedback")
 
 
 class MemoryState:
@@ -29,6 +31,9 @@ class MemoryState:
         self.holds: dict[str, dict[str, tuple[float, float]]] = {}  # key → id → (amount, exp)
         self.seen: dict[str, float] = {}
         self.levels: dict[str, tuple[int, float]] = {}  # sticky key → (level, expires_at)
+        self.notes: dict[str, tuple[str, float]] = {}  # key → (value, expires_at), oldest first
+        self.tally_rows: dict[str, dict[str, float]] = {}
+        self.tally_expiry: dict[str, float] = {}
         self._settles = 0
 
     # -- rates (GCRA: one timestamp per key, exact, O(1)) -------------------------------
@@ -126,6 +131,11 @@ class MemoryState:
                 row = self.rows[key]
                 for i, v in levers:
                     row[i] += v
+        if usage.feedback:
+            for key, _ in rows:
+                row = self.rows[key]
+                row[_FEEDBACK_AT] += usage.feedback
+                row[_FEEDBACK_AT + 1] += usage.feedback_score
         self._settles += 1
         if self._settles % 10_000 == 0:
             self.purge(time.time())
@@ -140,6 +150,11 @@ class MemoryState:
             del self.levels[key]
         for key in [k for k, tat in self.tats.items() if tat <= now]:
             del self.tats[key]  # an empty bucket is the same as no bucket
+        for key in [k for k, (_, exp) in self.notes.items() if exp <= now]:
+            del self.notes[key]
+        for key in [k for k, exp in self.tally_expiry.items() if exp <= now]:
+            self.tally_rows.pop(key, None)
+            del self.tally_expiry[key]
 
     async def once(self, key: str, ttl: float) -> bool:
         now = time.time()
@@ -163,6 +178,37 @@ class MemoryState:
             key: dict(zip(Usage.FIELDS, row, strict=True))
             for key, row in self.rows.items()
             if key.startswith(prefix)
+        }
+
+    # -- notes and tallies ---------------------------------------------------------------
+
+    async def note(self, key: str, value: str, ttl: float) -> None:
+        notes = self.notes
+        notes.pop(key, None)  # to the end: the oldest are dropped first
+        notes[key] = (value, time.time() + ttl)
+        if len(notes) > MAX_NOTES:
+            del notes[next(iter(notes))]
+
+    async def recall(self, key: str) -> str | None:
+        found = self.notes.get(key)
+        if found is None or found[1] <= time.time():
+            return None
+        return found[0]
+
+    async def tally(self, key: str, fields: Mapping[str, float], expires_at: float) -> None:
+        row = self.tally_rows.get(key)
+        if row is None:
+            row = self.tally_rows[key] = {}
+        for name, amount in fields.items():
+            row[name] = row.get(name, 0.0) + amount
+        self.tally_expiry[key] = expires_at
+
+    async def tallies(self, prefix: str) -> dict[str, dict[str, float]]:
+        now = time.time()
+        return {
+            key: dict(row)
+            for key, row in self.tally_rows.items()
+            if key.startswith(prefix) and self.tally_expiry[key] > now
         }
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ holds are a hash per budget key whose entries expire the same way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -114,6 +114,14 @@ return held
 """
 
 
+# KEYS: the row.  ARGV: expires_at, then field, amount pairs.
+_TALLY = """
+for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return 0
+"""
+
+
 def _holds(key: str) -> str:
     return f"h:{key}"
 
@@ -132,6 +140,7 @@ class RedisState:
         self._reserve = r.register_script(_RESERVE)
         self._settle = r.register_script(_SETTLE)
         self._stick = r.register_script(_STICK)
+        self._tally = r.register_script(_TALLY)
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -206,6 +215,31 @@ class RedisState:
             async for full in self._redis.scan_iter(match=self._k(prefix) + "*", count=500):
                 row = await self._redis.hgetall(full)
                 out[full[len(self.prefix) :]] = {f: float(row.get(f, 0.0)) for f in Usage.FIELDS}
+            return out
+
+        return await self._call(scan)
+
+    async def note(self, key: str, value: str, ttl: float) -> None:
+        px = max(1, int(ttl * 1000))
+        await self._call(lambda: self._redis.set(self._k(key), value, px=px))
+
+    async def recall(self, key: str) -> str | None:
+        found = await self._call(lambda: self._redis.get(self._k(key)))
+        return None if found is None else str(found)
+
+    async def tally(self, key: str, fields: Mapping[str, float], expires_at: float) -> None:
+        args: list[Any] = [int(expires_at)]
+        for name, amount in fields.items():
+            args += [name, repr(float(amount))]
+        await self._call(lambda: self._tally(keys=[self._k(key)], args=args))
+
+    async def tallies(self, prefix: str) -> dict[str, dict[str, float]]:
+        async def scan() -> dict[str, dict[str, float]]:
+            out: dict[str, dict[str, float]] = {}
+            async for full in self._redis.scan_iter(match=self._k(prefix) + "*", count=500):
+                row = await self._redis.hgetall(full)
+                if row:
+                    out[full[len(self.prefix) :]] = {f: float(v) for f, v in row.items()}
             return out
 
         return await self._call(scan)

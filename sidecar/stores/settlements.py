@@ -36,21 +36,29 @@ class Settlements:
     async def drain(self, grace: float) -> None:
         """At shutdown, after the listeners stopped: give what is still settling `grace`
         seconds; what is left then is cancelled, and said so."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self._tasks and loop.time() < deadline:
-            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
-        if self._tasks:
-            left = set(self._tasks)
+        left = await cancel_after(self._tasks, grace)
+        if left:
             log.error(
                 "%d request(s) still settling after %gs at shutdown: their usage and spend "
                 "are not recorded",
-                len(left),
+                left,
                 grace,
             )
-            for task in left:
-                task.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
+
+
+async def cancel_after(tasks: set[asyncio.Task[None]], grace: float) -> int:
+    """Wait up to `grace` seconds for `tasks` (a set their tasks leave when done, tasks
+    started meanwhile included); cancel those still running then, and wait for them to
+    end. Returns how many were cancelled."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while tasks and loop.time() < deadline:
+        await asyncio.wait(set(tasks), timeout=deadline - loop.time())
+    left = set(tasks)
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    return len(left)
 
 
 async def _logged(work: Coroutine[Any, Any, None]) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from sidecar.stores.memory import MemoryState
@@ -28,6 +29,9 @@ CREATE TABLE IF NOT EXISTS usage_rows (
 CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL);
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires_at REAL);
 CREATE TABLE IF NOT EXISTS levels (key TEXT PRIMARY KEY, level INTEGER, expires_at REAL);
+CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value TEXT, expires_at REAL);
+CREATE TABLE IF NOT EXISTS tallies (
+    key TEXT, field TEXT, value REAL, expires_at REAL, PRIMARY KEY (key, field));
 """
 # Columns are named in every statement: a file from an older version gets the columns it
 # lacks added at the end (after expires_at), with 0 for the rows it already has.
@@ -49,6 +53,8 @@ class SqliteState(MemoryState):
         self._dirty_rates: set[str] = set()
         self._dirty_seen: set[str] = set()
         self._dirty_levels: set[str] = set()
+        self._dirty_notes: set[str] = set()
+        self._dirty_tallies: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -84,6 +90,16 @@ class SqliteState(MemoryState):
             "SELECT key, level, expires_at FROM levels WHERE expires_at > ?", (now,)
         ):
             self.levels[key] = (int(level), expires_at)
+        for key, value, expires_at in db.execute(
+            "SELECT key, value, expires_at FROM notes WHERE expires_at > ? ORDER BY expires_at",
+            (now,),
+        ):
+            self.notes[key] = (value, expires_at)
+        for key, name, value, expires_at in db.execute(
+            "SELECT key, field, value, expires_at FROM tallies WHERE expires_at > ?", (now,)
+        ):
+            self.tally_rows.setdefault(key, {})[name] = value
+            self.tally_expiry[key] = expires_at
         self._db = db
 
     # Every write marks what it touched; the flusher persists it.
@@ -116,6 +132,14 @@ class SqliteState(MemoryState):
             self._dirty_levels.add(key)
         return got
 
+    async def note(self, key: str, value: str, ttl: float) -> None:
+        await super().note(key, value, ttl)
+        self._dirty_notes.add(key)
+
+    async def tally(self, key: str, fields: Mapping[str, float], expires_at: float) -> None:
+        await super().tally(key, fields, expires_at)
+        self._dirty_tallies.add(key)
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
@@ -132,18 +156,34 @@ class SqliteState(MemoryState):
             rates = [(k, self.tats[k]) for k in self._dirty_rates if k in self.tats]
             seen = [(k, self.seen[k]) for k in self._dirty_seen if k in self.seen]
             levels = [(k, *self.levels[k]) for k in self._dirty_levels if k in self.levels]
+            notes = [(k, *self.notes[k]) for k in self._dirty_notes if k in self.notes]
+            tallies = [
+                (k, name, value, self.tally_expiry[k])
+                for k in self._dirty_tallies
+                if k in self.tally_rows
+                for name, value in self.tally_rows[k].items()
+            ]
+            written = self._dirty()
             self._dirty_rows, self._dirty_rates, self._dirty_seen = set(), set(), set()
-            self._dirty_levels = set()
-            if rows or rates or seen or levels:
+            self._dirty_levels, self._dirty_notes, self._dirty_tallies = set(), set(), set()
+            if rows or rates or seen or levels or notes or tallies:
                 try:
-                    await asyncio.to_thread(self._write, rows, rates, seen, levels)
+                    await asyncio.to_thread(self._write, rows, rates, seen, levels, notes, tallies)
                 except sqlite3.Error:
                     # Keep them dirty so the next flush tries again.
-                    self._dirty_rows.update(r[0] for r in rows)
-                    self._dirty_rates.update(r[0] for r in rates)
-                    self._dirty_seen.update(r[0] for r in seen)
-                    self._dirty_levels.update(r[0] for r in levels)
+                    for now_dirty, kept in zip(self._dirty(), written, strict=True):
+                        now_dirty.update(kept)
                     raise
+
+    def _dirty(self) -> tuple[set[str], ...]:
+        return (
+            self._dirty_rows,
+            self._dirty_rates,
+            self._dirty_seen,
+            self._dirty_levels,
+            self._dirty_notes,
+            self._dirty_tallies,
+        )
 
     def _write(
         self,
@@ -151,17 +191,24 @@ class SqliteState(MemoryState):
         rates: list[tuple[str, float]],
         seen: list[tuple[str, float]],
         levels: list[tuple[str, int, float]],
+        notes: list[tuple[str, str, float]],
+        tallies: list[tuple[str, str, float, float]],
     ) -> None:
         assert self._db is not None
         db = self._db
+        now = time.time()
         db.execute("BEGIN")
         try:
             db.executemany(_UPSERT_ROW, rows)
             db.executemany("INSERT OR REPLACE INTO rates VALUES (?, ?)", rates)
             db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", seen)
             db.executemany("INSERT OR REPLACE INTO levels VALUES (?, ?, ?)", levels)
-            db.execute("DELETE FROM levels WHERE expires_at <= ?", (time.time(),))
-            db.execute("DELETE FROM usage_rows WHERE expires_at <= ?", (time.time(),))
+            db.execute("DELETE FROM levels WHERE expires_at <= ?", (now,))
+            db.executemany("INSERT OR REPLACE INTO notes VALUES (?, ?, ?)", notes)
+            db.executemany("INSERT OR REPLACE INTO tallies VALUES (?, ?, ?, ?)", tallies)
+            db.execute("DELETE FROM usage_rows WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM notes WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM tallies WHERE expires_at <= ?", (now,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -12,8 +12,11 @@ window), so state survives reloads and means the same thing in every replica.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+MAX_NOTES = 100_000  # notes an in-process store keeps (about 30 MB at most)
 
 
 class StoreUnavailable(Exception):
@@ -34,6 +37,8 @@ LEVERS = (
     "shadow",
 )
 LEVER_FIELDS = tuple(f"saved_{lever}_usd" for lever in LEVERS)
+# App feedback on answers (api/feedback.py): how many scores, and their sum (0 to 1 each).
+FEEDBACK_FIELDS = ("feedback", "feedback_score")
 
 
 @dataclass(slots=True)
@@ -48,9 +53,11 @@ class Usage:
     cost_usd: float = 0.0
     saved_usd: float = 0.0  # what it would have cost at the baseline, minus what it did
     saved: tuple[float, ...] = ()  # saved_usd per lever, in LEVERS order; () when none moved
+    feedback: int = 0  # feedback scores received (not requests: those come with `requests: 0`)
+    feedback_score: float = 0.0  # their sum
 
     BASE = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "saved_usd")
-    FIELDS = (*BASE, *LEVER_FIELDS)
+    FIELDS = (*BASE, *LEVER_FIELDS, *FEEDBACK_FIELDS)
 
     def values(self) -> tuple[float, ...]:
         """Every field's value, in FIELDS order."""
@@ -63,6 +70,8 @@ class Usage:
             self.cost_usd,
             self.saved_usd,
             *levers,
+            self.feedback,
+            self.feedback_score,
         )
 
 
@@ -120,6 +129,27 @@ class State(Protocol):
         a conversation reached). A `level` at or above the held one is stored for `ttl`
         seconds from now; a lower one changes nothing, so the time runs from when the
         conversation last reached its level. -1 when nothing is held (and `level` < 0)."""
+        ...
+
+    # Quality (feedback, shadow trials): a short-lived index of recent answers, and rows
+    # of counters whose fields the caller names.
+
+    async def note(self, key: str, value: str, ttl: float) -> None:
+        """Keep `value` under `key` for `ttl` seconds; a later note replaces it. An
+        in-process store keeps at most `MAX_NOTES`, dropping the oldest first."""
+        ...
+
+    async def recall(self, key: str) -> str | None:
+        """The value noted under `key`; None when there is none or it expired."""
+        ...
+
+    async def tally(self, key: str, fields: Mapping[str, float], expires_at: float) -> None:
+        """Add each field's amount to the row `key` (absent fields start at 0), in one
+        step, and keep the row until `expires_at` (unix time)."""
+        ...
+
+    async def tallies(self, prefix: str) -> dict[str, dict[str, float]]:
+        """Tally rows whose key starts with `prefix`, by key, with the fields they have."""
         ...
 
     async def close(self) -> None: ...

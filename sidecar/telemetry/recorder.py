@@ -24,6 +24,7 @@ from sidecar.telemetry.export import MetricExport
 from sidecar.telemetry.instruments import Counter, ExplicitHistogram, SumOf
 from sidecar.telemetry.setup import (
     DURATION_BUCKETS,
+    SCORE_BUCKETS,
     TOKEN_BUCKETS,
     TTFT_BUCKETS,
     build,
@@ -145,6 +146,33 @@ class Telemetry:
             "sidecar.cache.verifications",
             "{check}",
             "Semantic hits checked against the upstream, by result (agree, disagree, error)",
+        )
+        # Quality (telemetry/quality.py): what the app can see of its answers, what it
+        # said of them, and shadow trials of other models on its requests.
+        self.signals = Counter(
+            "sidecar.quality.signals", "{answer}", "Answers cut off, refused or empty"
+        )
+        self.feedback = Counter("sidecar.feedback", "{feedback}", "App feedback on answers")
+        self.feedback_score = ExplicitHistogram(
+            "sidecar.feedback.score", "1", SCORE_BUCKETS, "App feedback scores, 0 (bad) to 1"
+        )
+        self.shadow_pairs = Counter(
+            "sidecar.shadow.comparisons", "{comparison}", "Shadow answers compared"
+        )
+        self.shadow_skipped = Counter(
+            "sidecar.shadow.skipped", "{request}", "Sampled requests not shadowed, and why"
+        )
+        self.shadow_duration = ExplicitHistogram(
+            "sidecar.shadow.duration",
+            "s",
+            DURATION_BUCKETS,
+            "Latency of shadow candidates and of the primary answers they shadow",
+        )
+        self.shadow_cost = Counter(
+            "sidecar.shadow.cost", "USD", "Cost of shadow calls and of the answers they shadow"
+        )
+        self.shadow_running = Counter(
+            "sidecar.shadow.running", "{call}", "Shadow calls in flight", monotonic=False
         )
         self._own: list[Counter | ExplicitHistogram] = [
             v for v in vars(self).values() if isinstance(v, Counter | ExplicitHistogram)

@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from sidecar.errors import BUSY, CIRCUIT_OPEN
 from sidecar.pipeline.context import RequestContext
 from sidecar.pipeline.ledger import HITS
+from sidecar.telemetry import quality
 from sidecar.telemetry.recorder import OPERATION
 
 
@@ -38,6 +39,10 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         attrs["gen_ai.provider.name"] = ctx.snapshot.policy.providers[model.provider].type
         attrs["gen_ai.response.model"] = model.upstream
         attrs["sidecar.model"] = model.name
+        if ctx.signals:
+            quality.signals(tel, route, model.name, ctx.tier, ctx.signals)
+    if ctx.tier is not None:
+        attrs["sidecar.tier"] = ctx.tier
     if error is not None:
         attrs["error.type"] = error
     tel.duration.record(elapsed, attrs)
@@ -122,6 +127,8 @@ def observe(ctx: RequestContext, span: Span | None, status: int, error: str | No
         extra["sidecar.escalations"] = ctx.escalations
         if ctx.rejected:
             extra["sidecar.cascade.rejected"] = ctx.rejected
+    if ctx.signals:
+        extra["sidecar.quality.signals"] = list(ctx.signals)
     span.set_attributes({**attrs, **extra})
     if status >= 500 or error is not None:
         span.set_status(Status(StatusCode.ERROR))

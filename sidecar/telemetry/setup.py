@@ -51,6 +51,7 @@ DURATION_BUCKETS = (
     40.96,
     81.92,
 )
+SCORE_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # app feedback, 0 (thumbs down) to 1 (up)
 TOKEN_BUCKETS = (
     1,
     4,

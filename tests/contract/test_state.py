@@ -198,6 +198,8 @@ async def test_usage_rows_add_up_and_are_found_by_prefix(state: State):
             **{f: 0.0 for f in LEVER_FIELDS},
             "saved_cache_usd": 1.5,
             "saved_retry_usd": -0.5,
+            "feedback": 0.0,
+            "feedback_score": 0.0,
         }
     )
     assert found["u:day:D:team:b"]["requests"] == 1
@@ -207,6 +209,49 @@ async def test_usage_rows_add_up_and_are_found_by_prefix(state: State):
         f: (1.0 if f == "requests" else 0.0) for f in Usage.FIELDS
     }
     assert await state.usage("u:week:") == {}
+
+
+async def test_feedback_adds_to_rows_without_adding_requests(state: State):
+    await state.settle(None, rows("u:day:D:route:a"), Usage(1, 7, 3, 0, 0.25))
+    scored = Usage(0, feedback=1, feedback_score=0.75)
+    await state.settle(None, rows("u:day:D:route:a", "u:day:D:model:m"), scored)
+    await state.settle(None, rows("u:day:D:route:a"), Usage(0, feedback=1, feedback_score=0.0))
+    row = (await state.usage("u:day:D:route:"))["u:day:D:route:a"]
+    assert (row["requests"], row["cost_usd"]) == (1, 0.25)
+    assert (row["feedback"], row["feedback_score"]) == (2, 0.75)
+    assert (await state.usage("u:day:D:model:"))["u:day:D:model:m"]["feedback"] == 1
+
+
+# -- notes and tallies (feedback's index of answers, shadow trial results) ----------------
+
+
+async def test_a_note_is_recalled_until_it_expires_and_a_later_one_replaces_it(state: State):
+    assert await state.recall("a:none") is None
+    await state.note("a:x", '{"route": "chat"}', 60.0)
+    await state.note("a:short", "soon gone", 0.2)
+    assert await state.recall("a:x") == '{"route": "chat"}'
+    assert await state.recall("a:short") == "soon gone"
+    await state.note("a:x", "replaced", 60.0)
+    assert await state.recall("a:x") == "replaced"
+    await asyncio.sleep(0.6)  # wall-clock TTLs: room for a nudged clock, as for `once`
+    assert await state.recall("a:short") is None
+    assert await state.recall("a:x") == "replaced"
+
+
+async def test_tallies_add_up_per_field_and_are_found_by_prefix(state: State):
+    later = time.time() + 3600
+    await state.tally("s:chat:mini:D1", {"n": 1, "agree": 1, "cost": 0.25}, later)
+    await asyncio.gather(
+        *(state.tally("s:chat:mini:D1", {"n": 1, "lat3": 1}, later) for _ in range(20))
+    )
+    await state.tally("s:chat:tiny:D1", {"n": 1, "errors": 1}, later)
+    await state.tally("s:other:mini:D1", {"n": 5}, later)
+    await state.tally("s:chat:gone:D0", {"n": 1}, time.time() - 1)  # expired already
+    found = await state.tallies("s:chat:")
+    assert set(found) == {"s:chat:mini:D1", "s:chat:tiny:D1"}
+    assert found["s:chat:mini:D1"] == pytest.approx({"n": 21, "agree": 1, "cost": 0.25, "lat3": 20})
+    assert found["s:chat:tiny:D1"] == {"n": 1, "errors": 1}
+    assert await state.tallies("s:none:") == {}
 
 
 # -- sqlite: durable across a restart ----------------------------------------------------
@@ -219,6 +264,8 @@ async def test_sqlite_keeps_spend_rates_and_once_across_close_and_reopen(tmp_pat
         assert await first.take_rate("r:a", 1.0, 3, 60.0) == 0.0
     await first.settle(None, rows("u:day:D:team:a"), Usage(1, 7, 3, 0, 0.25))
     assert await first.once("warned:a", 60.0)
+    await first.note("a:x", "kept", 60.0)
+    await first.tally("s:r:c:D", {"n": 2, "agree": 1}, time.time() + 60)
     await first.close()
 
     second = await SqliteState(path).open()
@@ -227,6 +274,8 @@ async def test_sqlite_keeps_spend_rates_and_once_across_close_and_reopen(tmp_pat
         assert (await second.usage("u:day:"))["u:day:D:team:a"]["input_tokens"] == 7
         assert 19.0 < await second.take_rate("r:a", 1.0, 3, 60.0) <= 20.0
         assert not await second.once("warned:a", 60.0)
+        assert await second.recall("a:x") == "kept"
+        assert (await second.tallies("s:"))["s:r:c:D"] == {"n": 2.0, "agree": 1.0}
         await second.settle(None, rows("u:day:D:team:a"), Usage(1, 7, 3, 0, 0.25))
     finally:
         await second.close()

@@ -30,6 +30,7 @@ from sidecar.app import Sidecar
 from tests.deploy.charts import CHART, container, pod_spec, render
 from tests.support.sidecar import Sidecars
 from tests.support.upstream import FakeOpenAI
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -67,6 +68,9 @@ routes:
   tiered:
     select: {{tiers: {{low: {{targets: [d]}}, high: {{targets: [b]}}}}, default: low}}
     cascade: {{}}
+  shadowed:
+    targets: [b]
+    shadow: {{candidates: [c, d], sample: 1.0, max_usd_per_day: 1, max_concurrent: 1}}
 limits:
   once: {{scope: route, routes: [limited], requests_per_minute: 1}}
   one-at-a-time: {{scope: route, routes: [queued], max_concurrent: 1, queue: {{max_wait: 5s}}}}
@@ -96,9 +100,11 @@ def client(sc: Sidecar) -> openai.AsyncOpenAI:
 async def traffic(sc: Sidecar, upstream: FakeOpenAI) -> None:
     """Something for every panel of the dashboard: a fallback, retries, a stream, a cache
     miss and hit, a rate-limit rejection, a queue wait, a checked output, budget alerts, a
-    cascade that escalates."""
+    cascade that escalates, a truncated answer, app feedback, a shadow comparison and a
+    skipped shadow call."""
     upstream.behave("up-a", status=500)  # r falls back to b
-    upstream.behave("up-c", status=503, fail_times=2)  # retrying: two retries, then ok
+    # retrying: two retries, then an answer cut off (finish reason length)
+    upstream.behave("up-c", status=503, fail_times=2, finish_reason="length")
     upstream.behave("up-d", reply='{"x": 1}')
     async with client(sc) as api:
         await api.chat.completions.create(model="r", messages=MESSAGES)
@@ -118,6 +124,14 @@ async def traffic(sc: Sidecar, upstream: FakeOpenAI) -> None:
         await api.chat.completions.create(model="checked", messages=MESSAGES)
         upstream.behave("up-d", reply="I'm sorry, I can't help with that.")
         await api.chat.completions.create(model="tiered", messages=MESSAGES)  # escalated
+        # A shadow trial: c compared, d skipped (max_concurrent 1 is taken by c's call).
+        answer = await api.chat.completions.create(model="shadowed", messages=MESSAGES)
+        await api.post("/feedback", body={"id": answer.id, "score": "up"}, cast_to=object)
+
+    async def landed() -> bool:  # c's sixth call: three for retrying, two queued, the shadow
+        return len(upstream.calls("up-c")) == 6 and not sc.holder.stores.shadows.running("shadowed")
+
+    await eventually(landed)  # the shadow call comes after the answer
 
 
 async def scrape(sc: Sidecar, accept: str | None = None) -> tuple[str, str]:
@@ -162,7 +176,7 @@ async def test_a_scrape_counts_requests_latency_and_cache_as_they_happened(
     assert value(found, "sidecar_requests_total", sidecar_route="limited") == 2
     rejected = value(found, "sidecar_requests_total", http_response_status_code="429")
     assert rejected == 1
-    assert sum(s.value for s in found["sidecar_requests_total"]) == 11
+    assert sum(s.value for s in found["sidecar_requests_total"]) == 12
     # The latency histogram: the conventions' buckets, cumulative, counting every request.
     buckets = [
         s
@@ -222,16 +236,15 @@ async def test_every_query_of_the_dashboard_finds_its_series_and_labels_in_a_scr
     found = samples(text_string_to_metric_families((await scrape(sc))[0]))
     checked = 0
     for expr in dashboard_queries():
-        grouped = {
-            label.strip()
-            for clause in re.findall(r"by \(([^)]*)\)", expr)
-            for label in clause.split(",")
-        }
+        # Each `by (...)` groups the series of the first metric after it.
+        grouped: dict[str, set[str]] = defaultdict(set)
+        for clause, name in re.findall(r"by \(([^)]*)\)[^{]*?([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr):
+            grouped[name] |= {label.strip() for label in clause.split(",")}
         for name, selector in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}", expr):
             assert found.get(name), f"{name} is not in a scrape ({expr})"
             matchers = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*[=!]~?", selector))
             labels = {k for s in found[name] for k in s.labels}
-            missing = (matchers | grouped) - labels - TARGET_LABELS
+            missing = (matchers | grouped[name]) - labels - TARGET_LABELS
             assert not missing, f"{name} has no {missing} ({expr})"
             checked += 1
         for name in re.findall(r"label_values\((\w+)", expr):  # template variables

@@ -4,6 +4,7 @@ sidecar that has served real traffic, its numbers checked against what was sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -200,3 +201,58 @@ async def test_top_once_shows_tiers_acceptance_and_escalations(
         *("tiers", "small", "3", "(accepted", "75%)", "large", "1", "escalations", "1"),
         *("(refusal", "1)", "cost", f"{cheap:.6f}", "USD"),
     ]
+
+
+async def test_top_once_shows_quality_per_route_and_model(tmp_path: Path, upstream: FakeOpenAI):
+    policy = f"""\
+        providers:
+          main: {{type: openai, base_url: {upstream.base_url}}}
+        models:
+          a: {{provider: main, name: up-a}}
+          b: {{provider: main, name: up-b}}
+        schemas:
+          thing: {{type: object, required: [x]}}
+        routes:
+          chat:
+            targets: [a]
+            shadow: {{candidates: [b], sample: 1.0, max_usd_per_day: 1}}
+          form:
+            targets: [a]
+            output: {{schema: thing, on_invalid: {{retries: 0, then: error}}}}
+        """
+    upstream.behave("up-a", replies=["fine", "I'm sorry, but I can't help.", "", "fine"])
+    upstream.behave("up-b", replies=["fine", "other", "", "fine"])
+
+    async def send(client: openai.AsyncOpenAI) -> None:
+        ids = [
+            (await client.chat.completions.create(model="chat", messages=MESSAGES)).id
+            for _ in range(4)
+        ]
+        upstream.behave("up-a", reply='{"x": 1}')
+        await client.chat.completions.create(model="form", messages=MESSAGES)
+        upstream.behave("up-a", reply="no")
+        with contextlib.suppress(openai.UnprocessableEntityError):
+            await client.chat.completions.create(model="form", messages=MESSAGES)
+        for answer_id, score in zip(ids, ("up", "down", 0.5), strict=False):
+            await client.post("/feedback", body={"id": answer_id, "score": score}, cast_to=object)
+        await asyncio.sleep(0.3)  # the shadow calls land after the answers
+
+    text = await traffic_then_top(tmp_path, policy, send)
+    quality = row(text, "quality")
+    assert quality[:6] == ["quality", "truncated", "0", "refused", "1", "empty"], text
+    assert quality[6:10] == ["1", "feedback", "3", "(mean"], text
+    assert quality[10:] == ["0.50)", "shadow", "4", "compared,", "75.0%", "agree"], text
+    # QUALITY MODEL TIER REQUESTS VALID REPAIRED DEFAULT 422 TRUNC REFUSED EMPTY FEEDBACK SCORE
+    lines = [line.split() for line in text.splitlines()]
+    by_route = {cells[0]: cells for cells in lines if cells[1:3] == ["a", "-"]}
+    assert by_route["chat"][3:] == [
+        "4",
+        "0",
+        "0",
+        "0",
+        "0",
+        *("0.0%", "25.0%", "25.0%"),
+        "3",
+        "0.50",
+    ]
+    assert by_route["form"][3:] == ["2", "1", "0", "0", "1", *("0.0%",) * 3, "0", "-"]

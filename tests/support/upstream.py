@@ -7,6 +7,7 @@ a failing one and a slow one in the same test. Every request it receives is reco
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +185,11 @@ class FakeOpenAI(FakeServer[Behaviour]):
 
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+_IDS = itertools.count(1)  # every answer has an id of its own, as a real provider's has
+
+
+def answer_id() -> str:
+    return f"chatcmpl-fake-{next(_IDS)}"
 
 
 def completion(
@@ -196,7 +202,7 @@ def completion(
     if tool_calls:
         message = {"role": "assistant", "content": None, "tool_calls": _calls(tool_calls)}
     return {
-        "id": "chatcmpl-fake",
+        "id": answer_id(),
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
@@ -231,9 +237,11 @@ def stream_events(
     finish_reason: str = "stop",
     tool_calls: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
+    ident = answer_id()
+
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         chunk = {
-            "id": "chatcmpl-fake",
+            "id": ident,
             "object": "chat.completion.chunk",
             "created": 1700000000,
             "model": model,

@@ -42,6 +42,13 @@ LABELS = {
     "sidecar_tier",
     "sidecar_tier_reason",
     "sidecar_check",
+    "sidecar_signal",
+    "sidecar_feedback",
+    "sidecar_label",
+    "sidecar_shadow_candidate",
+    "sidecar_agreement",
+    "sidecar_side",
+    "sidecar_reason",
 }
 
 
@@ -131,6 +138,11 @@ def test_every_metric_the_dashboard_queries_is_one_the_sidecar_exports():
         "sidecar_selection_requests_total",  # model selection: requests per tier
         "sidecar_cascade_checks_total",  # acceptance per tier and check
         "sidecar_cascade_escalation_cost_USD_total",
+        "sidecar_quality_signals_total",  # truncated, refused, empty
+        "sidecar_feedback_score_sum",
+        "sidecar_shadow_comparisons_total",
+        "sidecar_shadow_duration_seconds_bucket",
+        "sidecar_shadow_cost_USD_total",
     ):
         assert needed in queried, needed
     assert any("histogram_quantile(0.99" in e for e in exprs)
