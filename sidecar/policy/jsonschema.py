@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sidecar.policy.keydocs import key_doc
 from sidecar.policy.schema import POLICY_FILE
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
@@ -58,18 +59,6 @@ _DEFINITIONS: dict[str, Any] = {
     },
 }
 
-_SECTIONS = {
-    "providers": "Where requests go: one entry per upstream, with its wire format and key.",
-    "models": "The models routes can target: provider, upstream name, price per 1M tokens.",
-    "routes": "What an app asks for (its `model`) and the targets tried in order.",
-    "limits": "Rate, token and concurrency limits per user, team, route, key or globally.",
-    "schemas": "JSON Schema (draft 2020-12) documents that routes check answers against.",
-    "budgets": "Spend limits in USD per window: reject, downgrade or alert.",
-    "cache": "Response caches (exact or semantic) that routes use.",
-    "state": "Where limits and spend are kept: memory, sqlite or redis.",
-    "telemetry": "What spans and metrics carry.",
-}
-
 # Every cerberus rule this module maps; anything else is an error (see the docstring).
 _KNOWN = {
     "type",
@@ -93,10 +82,7 @@ _KNOWN = {
 
 def policy_schema() -> dict[str, Any]:
     """The JSON Schema of one policy file."""
-    properties = {}
-    for section, rule in POLICY_FILE.items():
-        about = {"description": _SECTIONS[section]} if section in _SECTIONS else {}
-        properties[section] = {**about, **_rule(rule)}
+    properties = {section: _rule(rule, path=section) for section, rule in POLICY_FILE.items()}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "llm-sidecar policy file",
@@ -110,15 +96,22 @@ def policy_schema() -> dict[str, Any]:
     }
 
 
-def _rule(rule: dict[str, Any], env_ok: bool = True) -> dict[str, Any]:
-    """One cerberus field rule as a JSON Schema. `env_ok`: a `${NAME}` value is allowed
+def _rule(rule: dict[str, Any], env_ok: bool = True, path: str = "") -> dict[str, Any]:
+    """One cerberus field rule as a JSON Schema, with the description of the key at `path`
+    (see keydocs) that editors show on hover. `env_ok`: a `${NAME}` value is allowed
     where a pattern applies (false for names, which are never substituted)."""
+    doc = key_doc(path) if path else None
+    shape = _shape(rule, env_ok, path)
+    return {"description": doc.description, **shape} if doc is not None else shape
+
+
+def _shape(rule: dict[str, Any], env_ok: bool, path: str) -> dict[str, Any]:
     unknown = set(rule) - _KNOWN
     if unknown:
         raise ValueError(f"no JSON Schema mapping for cerberus rule(s) {sorted(unknown)}")
     if "anyof" in rule:
         base = {k: v for k, v in rule.items() if k != "anyof"}
-        return {"anyOf": [_rule({**base, **alt}, env_ok) for alt in rule["anyof"]]}
+        return {"anyOf": [_shape({**base, **alt}, env_ok, path) for alt in rule["anyof"]]}
 
     types = rule.get("type", [])
     types = [types] if isinstance(types, str) else list(types)
@@ -153,19 +146,21 @@ def _rule(rule: dict[str, Any], env_ok: bool = True) -> dict[str, Any]:
 
     if "schema" in rule:
         if "dict" in types:
-            out.update(_mapping(rule["schema"]))
+            out.update(_mapping(rule["schema"], path))
         if "list" in types:
-            out["items"] = _rule(rule["schema"])
+            out["items"] = _shape(rule["schema"], True, f"{path}[]")
     if "keysrules" in rule:
         out["propertyNames"] = _rule(rule["keysrules"], env_ok=False)
     if "valuesrules" in rule:
-        out["additionalProperties"] = _rule(rule["valuesrules"])
+        out["additionalProperties"] = _shape(rule["valuesrules"], True, f"{path}.<name>")
     return out
 
 
-def _mapping(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _mapping(fields: dict[str, dict[str, Any]], path: str) -> dict[str, Any]:
     """A cerberus `schema` for a dict: known keys only (cerberus rejects unknown ones)."""
-    out: dict[str, Any] = {"properties": {name: _rule(r) for name, r in fields.items()}}
+    out: dict[str, Any] = {
+        "properties": {name: _rule(r, path=f"{path}.{name}") for name, r in fields.items()}
+    }
     required = [n for n, r in fields.items() if r.get("required") and "excludes" not in r]
     if required:
         out["required"] = required
