@@ -21,8 +21,17 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the sidecar")
     launch.add_process_options(serve, "folder for the sqlite state file")
-    serve.add_argument("--host", default=os.environ.get("SIDECAR_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=launch.env_int("SIDECAR_PORT", 8480))
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("SIDECAR_HOST", "127.0.0.1"),
+        help="proxy address (default $SIDECAR_HOST or loopback: only the pod's own app)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=launch.env_int("SIDECAR_PORT", 8480),
+        help="proxy port (default $SIDECAR_PORT or 8480)",
+    )
     serve.add_argument(
         "--drain-timeout",
         type=float,
@@ -46,15 +55,15 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="validate a policy folder (exit 1 with FILE:LINE: problems)"
     )
-    check.add_argument("folder", type=Path)
+    check.add_argument("folder", type=Path, help="the policy folder")
     check.add_argument(
         "--format", choices=("text", "json"), default="text", help="json: {ok, version, problems}"
     )
 
     diff = sub.add_parser("diff", help="what changes from one policy folder to another")
-    diff.add_argument("old", type=Path)
-    diff.add_argument("new", type=Path)
-    diff.add_argument("--format", choices=("text", "json"), default="text")
+    diff.add_argument("old", type=Path, help="the policy folder before the change")
+    diff.add_argument("new", type=Path, help="the policy folder after it")
+    diff.add_argument("--format", choices=("text", "json"), default="text", help="json: for bots")
 
     sub.add_parser("schema", help="print the policy file format as JSON Schema (draft 2020-12)")
 

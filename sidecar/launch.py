@@ -54,7 +54,11 @@ def add_process_options(
         help=f"{state_help} (default $SIDECAR_STATE_DIR, else $XDG_STATE_HOME/llm-sidecar"
         " or ~/.local/state/llm-sidecar)",
     )
-    parser.add_argument("--ops-host", default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--ops-host",
+        default=os.environ.get("SIDECAR_OPS_HOST", "0.0.0.0"),
+        help="health and status address (default $SIDECAR_OPS_HOST or all: for the kubelet)",
+    )
     parser.add_argument(
         "--ops-port",
         type=int,
@@ -73,7 +77,11 @@ def add_process_options(
         default=env_int("SIDECAR_OPS_MAX_CONNECTIONS", 64),
         help="ops connections open at once; more are closed on arrival (default 64)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("SIDECAR_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (default $SIDECAR_LOG_LEVEL or info)",
+    )
 
 
 def policies_given(command: str, policies: Path | None) -> bool:

@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     actions = jobs.add_subparsers(dest="action", required=True)
     submit = actions.add_parser("submit", help="run a JSONL file of requests as a batch")
-    submit.add_argument("file", type=Path)
+    submit.add_argument("file", type=Path, help="JSONL: batch-format lines, or request bodies")
     submit.add_argument("--endpoint", help="default: the lines' url, else chat completions")
     submit.add_argument("--window", default="24h", help="completion window (default 24h)")
     submit.add_argument(
@@ -52,9 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("--wait", action="store_true", help="show progress until done")
     submit.add_argument("-o", "--output", type=Path, help="with --wait: write results here")
     status = actions.add_parser("status", help="a batch (batch_...) or job (job_...)")
-    status.add_argument("id")
+    status.add_argument("id", help="batch_... or job_...")
     results = actions.add_parser("results", help="the results of a finished batch or job")
-    results.add_argument("id")
+    results.add_argument("id", help="batch_... or job_...")
     results.add_argument("-o", "--output", type=Path, help="default: stdout")
 
 

@@ -1,0 +1,188 @@
+"""What the metrics and spans carry, for the metrics reference (docs/reference/metrics.md).
+
+Names, kinds, units and descriptions come from the instruments themselves (recorder.py);
+this module adds what they cannot say: the attributes each is recorded with, and a
+description where an instrument was declared without one. A test fails when an instrument
+has no entry here (or an entry names no instrument), so a new metric is documented with it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class MetricDoc(NamedTuple):
+    attributes: tuple[str, ...]
+    description: str = ""  # used when the instrument has none
+
+
+# What an attribute holds, once for every metric and span that carries it.
+ATTRIBUTES = {
+    "gen_ai.operation.name": "`chat` or `embeddings`",
+    "gen_ai.request.model": "the model the app asked for (`(unrouted)` in metrics when no "
+    "route matched; spans say what was asked)",
+    "gen_ai.response.model": "the provider's name of the model that answered",
+    "gen_ai.provider.name": "the answering provider's type: `openai`, `anthropic`, `mock`",
+    "gen_ai.token.type": "`input` or `output`",
+    "gen_ai.usage.input_tokens": "input tokens of the answer",
+    "gen_ai.usage.output_tokens": "output tokens of the answer",
+    "gen_ai.response.finish_reasons": "the answer's finish reasons",
+    "http.response.status_code": "the status the app got",
+    "error.type": "the error code (`rate_limited`, `upstream_failed`, ...) when it failed",
+    "server.address": "the provider's host",
+    "server.port": "the provider's port",
+    "enduser.id": "the caller (`x-sidecar-user`, else the body's `user`), with "
+    "`telemetry.identity_in_spans`",
+    "sidecar.route": "the route's name (`(none)` when no route matched)",
+    "sidecar.model": "the policy's name of the model",
+    "sidecar.provider": "the policy's name of the provider",
+    "sidecar.user": "the caller, only with `telemetry.user_attribute` (at most `max_users`, "
+    "then `(other)`)",
+    "sidecar.team": "the caller's team, with `telemetry.identity_in_spans`",
+    "sidecar.fallback_reason": "the failure class that moved the request to a later target",
+    "sidecar.lever": "the savings ledger's lever: `selection`, `trim`, `prompt_cache`, "
+    "`batch`, `cache`, `retry`, `hedge`, ...",
+    "sidecar.limit": "the limit's name",
+    "sidecar.budget": "the budget's name",
+    "sidecar.budget.scope": "the budget's scope",
+    "sidecar.budget.window": "the budget's window",
+    "sidecar.budget.scope_value": "the scope value the spend is counted for",
+    "sidecar.output": "`valid`, `repaired`, `default` or `invalid`",
+    "sidecar.enforce": "`native` when the provider was asked to enforce the schema, else `none`",
+    "sidecar.target": "the model whose breaker it is",
+    "sidecar.attempt": "the attempt's number in the request",
+    "sidecar.attempts": "upstream calls made for the request",
+    "sidecar.policy_version": "the policy's content hash",
+    "sidecar.cost_usd": "what the request cost",
+    "sidecar.baseline_usd": "what it would have cost at the route's baseline",
+    "sidecar.saved_usd": "baseline minus cost",
+    "sidecar.downgraded_by": "the budget that downgraded the request",
+    "sidecar.job.id": "the job the request runs for",
+    "result": "`hit`, `semantic-hit`, `miss` or `bypass`",
+    "outcome": "an attempt: `ok` or its failure class; a batch line: how it landed",
+    "event": "what the budget did: `downgrade` or `alert`",
+    "state": "`deferred` (waiting for a provider batch) or `submitted` (in one)",
+}
+
+_REQUEST = (
+    "gen_ai.operation.name",
+    "gen_ai.request.model",
+    "sidecar.route",
+    "http.response.status_code",
+    "gen_ai.provider.name",
+    "gen_ai.response.model",
+    "sidecar.model",
+    "error.type",
+)
+_BUDGET = ("sidecar.budget", "sidecar.budget.scope", "sidecar.budget.window")
+
+METRICS: dict[str, MetricDoc] = {
+    "gen_ai.client.operation.duration": MetricDoc(_REQUEST),
+    "gen_ai.client.token.usage": MetricDoc(
+        (
+            *(a for a in _REQUEST if a != "http.response.status_code"),
+            "gen_ai.token.type",
+            "sidecar.user",
+        )
+    ),
+    "gen_ai.client.operation.time_to_first_chunk": MetricDoc(_REQUEST),
+    "gen_ai.server.time_to_first_token": MetricDoc(_REQUEST),
+    "sidecar.requests": MetricDoc(_REQUEST, "Requests, by route, model and outcome"),
+    "sidecar.upstream.attempts": MetricDoc(
+        ("sidecar.model", "outcome"), "Upstream calls, by model and outcome"
+    ),
+    "sidecar.retries": MetricDoc(
+        ("sidecar.route",), "Calls beyond the first to a model (retries, validation retries)"
+    ),
+    "sidecar.fallbacks": MetricDoc(
+        ("sidecar.route", "sidecar.fallback_reason"), "Requests a later target answered"
+    ),
+    "sidecar.cost": MetricDoc(
+        ("sidecar.route", "sidecar.model", "sidecar.user"), "What the requests cost"
+    ),
+    "sidecar.cost.saved": MetricDoc(
+        ("sidecar.route", "sidecar.model", "sidecar.user", "sidecar.lever")
+    ),
+    "sidecar.cost.baseline": MetricDoc(("sidecar.route", "sidecar.model", "sidecar.user")),
+    "sidecar.ratelimit.rejections": MetricDoc(
+        ("sidecar.route", "error.type"), "Requests refused by a limit or budget"
+    ),
+    "sidecar.queue.wait": MetricDoc(("sidecar.limit",), "Time spent in a limit's waiting line"),
+    "sidecar.budget.events": MetricDoc(
+        ("sidecar.budget", "event"), "Downgrades and alerts of budgets past their limit"
+    ),
+    "sidecar.cache.lookups": MetricDoc(("sidecar.route", "result")),
+    "sidecar.cache.saved": MetricDoc(("sidecar.route",)),
+    "sidecar.output.validations": MetricDoc(
+        ("sidecar.route", "sidecar.model", "sidecar.output", "sidecar.enforce"),
+        "Answers checked against a route's output schema, by verdict",
+    ),
+    "sidecar.batch.lines.finished": MetricDoc(("sidecar.provider", "outcome")),
+    "sidecar.prompt.trimmed": MetricDoc(("sidecar.route",)),
+    "sidecar.prompt.trimmed_tokens": MetricDoc(("sidecar.route",)),
+    "sidecar.circuit.state": MetricDoc(("sidecar.target",)),
+    "sidecar.budget.spend": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
+    "sidecar.budget.remaining": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
+    "sidecar.batch.lines": MetricDoc(("state",)),
+    "sidecar.batch.line.age": MetricDoc(("state",)),
+}
+
+
+class SpanDoc(NamedTuple):
+    name: str
+    kind: str
+    about: str
+    attributes: tuple[str, ...]
+
+
+SPANS = (
+    SpanDoc(
+        "{operation} {model}",
+        "server",
+        "One per request (and per job run), continuing the app's `traceparent`; its trace id "
+        "comes back in `x-sidecar-trace-id`.",
+        (
+            *_REQUEST,
+            "sidecar.policy_version",
+            "sidecar.attempts",
+            "enduser.id",
+            "sidecar.team",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+            "sidecar.cost_usd",
+            "sidecar.baseline_usd",
+            "sidecar.saved_usd",
+            "gen_ai.response.finish_reasons",
+            "sidecar.fallback_reason",
+            "sidecar.downgraded_by",
+            "sidecar.job.id",
+        ),
+    ),
+    SpanDoc(
+        "{operation} {upstream model}",
+        "client",
+        "One per upstream attempt (retries, hedges and validation retries included); it "
+        "lasts as long as the answer's stream.",
+        (
+            "gen_ai.operation.name",
+            "gen_ai.provider.name",
+            "gen_ai.request.model",
+            "server.address",
+            "server.port",
+            "sidecar.provider",
+            "sidecar.model",
+            "sidecar.attempt",
+            "gen_ai.response.model",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+            "http.response.status_code",
+            "error.type",
+        ),
+    ),
+    SpanDoc(
+        "admission wait",
+        "internal",
+        "The time a request waited in a limit's line.",
+        ("sidecar.limit",),
+    ),
+)
