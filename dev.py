@@ -4,7 +4,13 @@
     python3 dev.py run     the sidecar on the example policies (a mock provider: no keys)
     python3 dev.py test    lint, `llm-sidecar check policies`, then pytest (what CI runs)
 
-Both create `.venv/` on first use and reinstall when pyproject.toml changes. Arguments
+and the docs site's (docs/, built with Zensical from mkdocs.yml):
+
+    python3 dev.py docs        build it into site/, failing on any warning (a broken link)
+    python3 dev.py docs-serve  preview it at http://127.0.0.1:8000, rebuilt as you edit
+    python3 dev.py docs-gen    rewrite the generated reference pages (docs/reference/)
+
+All create `.venv/` on first use and reinstall when pyproject.toml changes. Arguments
 after `test` go to pytest (`python3 dev.py test -n 2 -k cache`).
 """
 
@@ -40,12 +46,24 @@ def run(*command: str) -> None:
         sys.exit(done.returncode)
 
 
+COMMANDS = ("run", "test", "docs", "docs-serve", "docs-gen")
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("run", "test"):
+    if not argv or argv[0] not in COMMANDS:
         sys.exit(__doc__)
     ensure_venv()
     if argv[0] == "run":
         os.execv(BIN / "llm-sidecar", ["llm-sidecar", "serve", "--policies", "policies"])
+    if argv[0] == "docs":
+        run(str(BIN / "zensical"), "build", "--strict")
+        return
+    if argv[0] == "docs-serve":
+        run(str(BIN / "zensical"), "serve", *argv[1:])
+        return
+    if argv[0] == "docs-gen":
+        run(str(BIN / "python"), "-m", "sidecar.reference")
+        return
     run(str(BIN / "ruff"), "check", ".")
     run(str(BIN / "llm-sidecar"), "check", "policies")
     run(str(BIN / "pytest"), *argv[1:])
