@@ -26,11 +26,12 @@ def render() -> str:
     with _plain_environment():
         from sidecar.cli import parser
 
-        root = parser()
-        out = [HEADER]
-        for name, command in _commands(root):
-            out.append(_command(name, command))
-    return "".join(out)
+        commands = list(_commands(parser()))
+    summary = ["\n| command | does |\n|---|---|\n"]
+    for name, command in commands:
+        anchor = f"llm-sidecar-{name.replace(' ', '-')}"
+        summary.append(f"| [`llm-sidecar {name}`](#{anchor}) | {command.description} |\n")
+    return HEADER + "".join(summary) + "".join(_command(n, c) for n, c in commands)
 
 
 @contextmanager
