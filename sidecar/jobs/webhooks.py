@@ -65,7 +65,7 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
 
 
 def verify(secret: str, header: str, body: bytes, tolerance: float = 300.0) -> bool:
-    """What a receiver does (the README shows the same in a few lines)."""
+    """What a receiver does (docs/guides/jobs-and-batches.md shows the same in a few lines)."""
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
         timestamp = int(parts["t"])

@@ -214,7 +214,7 @@ ENDPOINTS = {
     "/v1/embeddings": (EMBEDDINGS_BODY, EMBEDDINGS_FIELDS),
     "/v1/jobs": (JOB_BODY, JOB_FIELDS),
 }
-# Statuses the README documents for a client's request against these routes.
+# Statuses the docs (docs/reference/errors.md) document for a client's request against these routes.
 DOCUMENTED = {200, 202, 400, 404, 413, 415, 422, 429}
 
 

@@ -547,7 +547,7 @@ class Receiver:
 
 
 def verified(headers: dict[str, str], body: bytes) -> bool:
-    """The receiver's check, written from the README's description, not the sidecar's code."""
+    """The receiver's check, written from the jobs guide's description, not the sidecar's code."""
     fields = dict(part.split("=", 1) for part in headers["x-sidecar-signature"].split(","))
     mac = hmac.new(SECRET.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(mac, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
