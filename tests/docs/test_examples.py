@@ -27,11 +27,14 @@ BASE = yaml.safe_load((Path(__file__).parent / "fragment_base.yaml").read_text()
 ENV_NAMES = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)|_env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def check(text: str, folder: Path) -> list[str]:
-    """What `llm-sidecar check` says of a folder holding `text`: its problems, or none. CI
-    passes a placeholder for each key; so does this, for every variable the text names."""
+def check(text: str, folder: Path, data: tuple[str, str] | None = None) -> list[str]:
+    """What `llm-sidecar check` says of a folder holding `text` (and a data file): its
+    problems, or none. CI passes a placeholder for each key; so does this, for every
+    variable the text names."""
     folder.mkdir()
     (folder / "policy.yaml").write_text(text)
+    if data is not None:
+        (folder / data[0]).write_text(data[1])
     env = {a or b: "placeholder" for a, b in ENV_NAMES.findall(text)}
     try:
         load_folder(folder, env)
@@ -65,7 +68,8 @@ def test_a_policy_example_passes_check_or_fails_as_it_says(block: Block, tmp_pat
             f"{block}: YAML with no policy section ({sorted(keys)}): mark it "
             "<!-- check: not a policy --> if it is not one"
         )
-    problems = check(text, tmp_path / "policy")
+    data = (block.expect, block.data) if block.data is not None and block.expect else None
+    problems = check(text, tmp_path / "policy", data)
     if block.mark == "fails":
         assert problems, f"{block} is meant to fail `check` but passes"
         assert any(block.expect in p for p in problems), (
@@ -78,6 +82,7 @@ def test_a_policy_example_passes_check_or_fails_as_it_says(block: Block, tmp_pat
 def test_the_docs_hold_examples_of_every_kind():
     """The counts the closing note reports; a marker typo would drop a block silently."""
     kinds = {mark: sum(b.mark == mark for b in POLICIES) for mark in CHECKED_MARKS}
+    kinds[""] += kinds.pop("policy")
     assert kinds[""] >= 6, kinds
     assert kinds["fails"] >= 3, kinds
     assert kinds["fragment"] >= 4, kinds
