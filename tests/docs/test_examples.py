@@ -5,6 +5,7 @@ against a real sidecar on the example policies. Conventions: examples.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import sys
@@ -17,6 +18,7 @@ import yaml
 from sidecar.policy.compile import load_folder
 from sidecar.policy.problems import PolicyInvalid
 from sidecar.policy.schema import POLICY_FILE, SECTIONS
+from sidecar.telemetry.metricdocs import METRICS
 from tests.docs.examples import CHECKED_MARKS, ROOT, Block, blocks
 from tests.support.sidecar import SidecarProcess
 
@@ -134,3 +136,31 @@ async def _run(argv: list[str]) -> str:
     text = out.decode(errors="replace")
     assert proc.returncode == 0, f"{' '.join(argv)[:200]} exited {proc.returncode}:\n{text}"
     return text
+
+
+async def test_the_metrics_reference_names_every_attribute_a_request_records(demo):
+    """The attributes in metricdocs.py are written by hand: what a sidecar on the example
+    policies records for JSON, streamed, cached, failed and embeddings requests must be
+    among them, or the metrics reference would miss a label people can query."""
+    chat = '{"model":"chat","messages":[{"role":"user","content":"hi"}]}'
+    cached = '{"model":"smart","temperature":0,"messages":[{"role":"user","content":"hi"}]}'
+    stream = '{"model":"chat","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    embed = '{"model":"embed","input":"hi"}'
+    proxy = f"http://127.0.0.1:{demo.port}/v1"
+    missed = cached.replace('"hi"', '"not cached"')
+    for path, body, header in (
+        ("chat/completions", chat, "x-sidecar-team: research"),
+        ("chat/completions", cached, "x-sidecar-user: alice"),
+        ("chat/completions", cached, "x-sidecar-user: alice"),
+        ("chat/completions", missed, "x-sidecar-cache: only-if-cached"),  # 504: error.type
+        ("chat/completions", stream, "x-sidecar-user: bob"),
+        ("embeddings", embed, "x-sidecar-user: bob"),
+    ):
+        await _run(["curl", "-s", f"{proxy}/{path}", "-H", header, "-d", body])
+    stats = json.loads(await _run(["curl", "-s", f"http://127.0.0.1:{demo.ops_port}/stats"]))
+    seen = stats["metrics"]
+    assert {"sidecar.requests", "sidecar.cache.lookups", "gen_ai.client.token.usage"} <= set(seen)
+    for name, metric in seen.items():
+        keys = {k for point in metric["points"] for k in point["attributes"]}
+        extra = keys - set(METRICS[name].attributes)
+        assert not extra, f"{name} records {sorted(extra)}: add them to metricdocs.METRICS"
