@@ -2,7 +2,7 @@
 #   make run    = python3 dev.py run    the sidecar on the example policies (mock provider)
 #   make test   = python3 dev.py test   lint and the whole test suite (what CI runs)
 #   make docs   = python3 dev.py docs   the docs site into site/ (offline; fails on a warning)
-#   make docs-serve                     preview it at http://127.0.0.1:8000
+#   make docs-serve                     preview it at http://localhost:8000
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp

@@ -7,7 +7,7 @@
 and the docs site's (docs/, built with Zensical from mkdocs.yml):
 
     python3 dev.py docs        build it into site/, failing on any warning (a broken link)
-    python3 dev.py docs-serve  preview it at http://127.0.0.1:8000, rebuilt as you edit
+    python3 dev.py docs-serve  preview it at http://localhost:8000, rebuilt as you edit
     python3 dev.py docs-gen    rewrite the generated reference pages (docs/reference/)
 
 All create `.venv/` on first use and reinstall when pyproject.toml changes. Arguments
