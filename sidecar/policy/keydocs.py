@@ -3,7 +3,8 @@
 Kept apart from `schema` (the structure) so the words can change without touching the rules.
 Paths are those of `sidecar.reference.keys`: `<name>` stands for an entry's name, `[]` for a
 list item. A block used in two places (a circuit breaker on providers and on models, a retry
-policy on routes and on targets) is described once and reached through `SAME_AS`. The JSON
+policy on routes and on targets, a route's targets and cascade and a tier's) is described
+once and reached through `SAME_AS`; an entry of its own wins. The JSON
 Schema (`llm-sidecar schema`) and the policy reference page (docs/reference/policy.md) read
 these; a test fails when a key has no entry here, so a new key is documented with its rule.
 """
@@ -23,6 +24,8 @@ class KeyDoc(NamedTuple):
 SAME_AS = {
     "models.<name>.circuit": "providers.<name>.circuit",
     "routes.<name>.targets[].retry": "routes.<name>.retry",
+    "routes.<name>.select.tiers.<name>.targets": "routes.<name>.targets",
+    "routes.<name>.select.tiers.<name>.cascade": "routes.<name>.cascade",
 }
 
 D = KeyDoc
@@ -344,6 +347,101 @@ KEYS: dict[str, KeyDoc] = {
         "cap",
         "default",
     ),
+    # model selection (routes.<name>.select, routes.<name>.cascade)
+    "routes.<name>.select": D(
+        "Tiers of targets, cheapest first, one chosen per request before the call (rules, "
+        "then a classifier, else `default`); instead of `targets`: a route has one of the two.",
+        "none: the route's targets",
+        {"tiers": {"small": {"targets": ["gpt-4o-mini"]}, "large": {"targets": ["gpt-4o"]}}},
+    ),
+    "routes.<name>.select.tiers": D(
+        "The tiers by name, cheapest first; each tier's targets are a fallback chain.",
+        example={"small": {"targets": ["gpt-4o-mini"]}, "large": {"targets": ["gpt-4o"]}},
+    ),
+    "routes.<name>.select.tiers.<name>.cascade": D(
+        "This tier's answer checks, overriding the route's `cascade`; `false`: none.",
+        "the route's cascade (none on the top tier)",
+        False,
+    ),
+    "routes.<name>.select.default": D(
+        "The tier of a request no rule or classifier decides (unsure).", "the top tier", "large"
+    ),
+    "routes.<name>.select.rules": D(
+        "Rules on the request's features, in order: the first that matches picks its tier.",
+        "none",
+        [{"tier": "large", "min_input_tokens": 8000}, {"tier": "small", "keywords": ["translate"]}],
+    ),
+    "routes.<name>.select.rules[].tier": D("The tier this rule picks.", example="large"),
+    "routes.<name>.select.rules[].min_input_tokens": D(
+        "At least this many estimated input tokens.", example=8000
+    ),
+    "routes.<name>.select.rules[].max_input_tokens": D(
+        "At most this many estimated input tokens.", example=500
+    ),
+    "routes.<name>.select.rules[].min_turns": D("At least this many user messages.", example=12),
+    "routes.<name>.select.rules[].max_turns": D("At most this many user messages.", example=1),
+    "routes.<name>.select.rules[].tools": D("The request offers tools (or not).", example=True),
+    "routes.<name>.select.rules[].images": D("The request carries images (or not).", example=True),
+    "routes.<name>.select.rules[].response_format": D(
+        "The request asks for a `response_format` other than text (or not).", example=True
+    ),
+    "routes.<name>.select.rules[].keywords": D(
+        "Any of these whole words, in any case, in the last user message.",
+        example=["translate", "yes or no"],
+    ),
+    "routes.<name>.select.rules[].regex": D(
+        "A regular expression on the first 8 KiB of the last user message.",
+        example="(?i)step[- ]by[- ]step|prove",
+    ),
+    "routes.<name>.select.classifier": D(
+        "When no rule matched: the `k` nearest labelled examples vote, weighted by similarity.",
+        "none",
+        {"examples": "tiers.jsonl", "model": "embed-small"},
+    ),
+    "routes.<name>.select.classifier.examples": D(
+        'A `*.jsonl` file of the policy folder: one `{"text", "tier"}` a line.',
+        example="tiers.jsonl",
+    ),
+    "routes.<name>.select.classifier.model": D(
+        "An embeddings model of `models`; its calls count against the `selection` lever.",
+        example="embed-small",
+    ),
+    "routes.<name>.select.classifier.k": D("Nearest examples that vote.", "5", 7),
+    "routes.<name>.select.classifier.margin": D(
+        "How far the winner's share of the vote must lead, else the request is unsure.",
+        "0.2",
+        0.3,
+    ),
+    "routes.<name>.select.sticky": D(
+        "A conversation stays on the highest tier it reached for this long (in the state store).",
+        "off",
+        "30m",
+    ),
+    "routes.<name>.cascade": D(
+        "Checks on the answers of every tier but the top one: an answer that fails is never "
+        "shown, the next tier up is asked.",
+        "none",
+        {"schema": True, "refusal": True, "min_logprob": -0.5},
+    ),
+    "routes.<name>.cascade.schema": D("The route's output schema, when it has one.", "true", False),
+    "routes.<name>.cascade.finish": D("Not cut off: `finish_reason: length` fails.", "true", True),
+    "routes.<name>.cascade.empty": D("Some content or a tool call.", "true", True),
+    "routes.<name>.cascade.refusal": D(
+        "The built-in refusal patterns (`true`), these regular expressions (a list), or off.",
+        "true",
+        ["(?i)^I can't"],
+    ),
+    "routes.<name>.cascade.min_logprob": D(
+        "The answer's mean token log-probability must reach this (asks the tier for "
+        "`logprobs`; not for Anthropic targets).",
+        "off",
+        -0.5,
+    ),
+    "routes.<name>.cascade.stream": D(
+        "`buffer`: check a stream before relaying it; `passthrough`: relay it unchecked.",
+        "buffer",
+        "passthrough",
+    ),
     # limits
     "limits": D(
         "Rate, token and concurrency limits per user, team, route, key or globally.",
@@ -517,9 +615,13 @@ KEYS: dict[str, KeyDoc] = {
 
 
 def key_doc(path: str) -> KeyDoc | None:
-    """The description of `path`, through `SAME_AS` for a repeated block."""
-    for alias, original in SAME_AS.items():
-        if path == alias or path.startswith(alias + "."):
-            path = original + path[len(alias) :]
-            break
-    return KEYS.get(path)
+    """The description of `path`: its own, else through `SAME_AS` for a repeated block (an
+    alias of an alias too)."""
+    while path not in KEYS:
+        for alias, original in SAME_AS.items():
+            if path == alias or path.startswith((alias + ".", alias + "[]")):
+                path = original + path[len(alias) :]
+                break
+        else:
+            return None
+    return KEYS[path]

@@ -58,8 +58,16 @@ ATTRIBUTES = {
     "sidecar.saved_usd": "baseline minus cost",
     "sidecar.downgraded_by": "the budget that downgraded the request",
     "sidecar.job.id": "the job the request runs for",
-    "result": "`hit`, `semantic-hit`, `miss` or `bypass`",
-    "outcome": "an attempt: `ok` or its failure class; a batch line: how it landed",
+    "sidecar.tier": "the tier of a route with `select` that answered",
+    "sidecar.tier.reason": "why that tier: `rule`, `classifier`, `unsure`, `unavailable`, "
+    "`default` or `sticky`",
+    "sidecar.escalations": "answers a verified cascade rejected on the way",
+    "sidecar.cascade.rejected": "each rejected answer as `tier:check`",
+    "sidecar.check": "a cascade check: `empty`, `finish`, `refusal`, `schema` or `logprob`",
+    "result": "a cache lookup: `hit`, `semantic-hit`, `miss` or `bypass`; a cascade check: "
+    "`pass`, `fail` or `unavailable`",
+    "outcome": "an attempt: `ok` or its failure class; a batch line: how it landed; a "
+    "checked answer: `accepted` or `escalated`",
     "event": "what the budget did: `downgrade` or `alert`",
     "state": "`deferred` (waiting for a provider batch) or `submitted` (in one)",
 }
@@ -120,6 +128,14 @@ METRICS: dict[str, MetricDoc] = {
     "sidecar.batch.lines.finished": MetricDoc(("sidecar.provider", "outcome")),
     "sidecar.prompt.trimmed": MetricDoc(("sidecar.route",)),
     "sidecar.prompt.trimmed_tokens": MetricDoc(("sidecar.route",)),
+    "sidecar.selection.requests": MetricDoc(
+        ("sidecar.route", "sidecar.tier", "sidecar.tier.reason")
+    ),
+    "sidecar.cascade.answers": MetricDoc(("sidecar.route", "sidecar.tier", "outcome")),
+    "sidecar.cascade.checks": MetricDoc(
+        ("sidecar.route", "sidecar.tier", "sidecar.check", "result")
+    ),
+    "sidecar.cascade.escalation.cost": MetricDoc(("sidecar.route", "sidecar.tier")),
     "sidecar.circuit.state": MetricDoc(("sidecar.target",)),
     "sidecar.budget.spend": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
     "sidecar.budget.remaining": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
@@ -156,6 +172,10 @@ SPANS = (
             "sidecar.fallback_reason",
             "sidecar.downgraded_by",
             "sidecar.job.id",
+            "sidecar.tier",
+            "sidecar.tier.reason",
+            "sidecar.escalations",
+            "sidecar.cascade.rejected",
         ),
     ),
     SpanDoc(
