@@ -523,12 +523,15 @@ KEYS: dict[str, KeyDoc] = {
         "Whose answers may be shared: `user`, `team` or `global`.", "user", "team"
     ),
     "cache.<name>.any_temperature": D(
-        "Cache requests whatever their temperature (by default only `temperature: 0`).",
-        "false",
-        True,
+        "Any temperature is cacheable (the key holds it); `false`: `temperature: 0` only.",
+        "true",
+        False,
     ),
     "cache.<name>.tools": D(
-        "Cache requests that offer tools (a tool call may act: off by default).", "false", True
+        "Requests that offer tools: `text` stores answers without tool calls, `always` (or "
+        "`true`) every answer, a list of tool names also calls to those tools, `false` never.",
+        "text",
+        ["lookup_order"],
     ),
     "cache.<name>.semantic": D(
         "The semantic lookup.", example={"model": "embed-small", "similarity": 0.95}
@@ -539,6 +542,26 @@ KEYS: dict[str, KeyDoc] = {
     "cache.<name>.semantic.similarity": D("Cosine similarity for a hit.", "0.95", 0.97),
     "cache.<name>.semantic.input": D(
         "What is embedded: `last_user` or `conversation`.", "last_user", "conversation"
+    ),
+    "cache.<name>.semantic.guards": D(
+        "Specific tokens a semantic hit must share with its question, compared in order: "
+        "`numbers`, `amounts`, `dates`, `ids`, `quoted`, `emails`, `urls`, and `names`.",
+        "every kind but names",
+        ["numbers", "amounts", "dates", "ids", "quoted", "emails", "urls", "names"],
+    ),
+    "cache.<name>.semantic.verify_sample": D(
+        "Share of semantic hits also asked upstream, off the app's path, to measure agreement.",
+        "0 (off)",
+        0.02,
+    ),
+    "cache.<name>.semantic.min_agreement": D(
+        "The agreement of verified hits below which `on_low_agreement` acts.", "0.9", 0.95
+    ),
+    "cache.<name>.semantic.verify_window": D(
+        "How many of the last verified hits the agreement is taken over.", "100", 200
+    ),
+    "cache.<name>.semantic.on_low_agreement": D(
+        "`tighten`: raise the similarity hits need; `alert`: only warn.", "tighten", "alert"
     ),
     # state
     "state": D(

@@ -64,8 +64,12 @@ ATTRIBUTES = {
     "sidecar.escalations": "answers a verified cascade rejected on the way",
     "sidecar.cascade.rejected": "each rejected answer as `tier:check`",
     "sidecar.check": "a cascade check: `empty`, `finish`, `refusal`, `schema` or `logprob`",
-    "result": "a cache lookup: `hit`, `semantic-hit`, `miss` or `bypass`; a cascade check: "
-    "`pass`, `fail` or `unavailable`",
+    "result": "a cache lookup: `hit`, `semantic-hit`, `miss`, `bypass`, `ineligible` or "
+    "`unavailable`; a cascade check: "
+    "`pass`, `fail` or `unavailable`; a verified hit: `agree`, `disagree` or `error`",
+    "reason": "why a request was not a cache hit: `x-sidecar-cache`, `no-store`, `tools`, "
+    "`temperature`, `guard:<kind>`, `tightened`, `store`, ...",
+    "sidecar.cache": "the `cache` entry's name",
     "outcome": "an attempt: `ok` or its failure class; a batch line: how it landed; a "
     "checked answer: `accepted` or `escalated`",
     "event": "what the budget did: `downgrade` or `alert`",
@@ -119,7 +123,7 @@ METRICS: dict[str, MetricDoc] = {
     "sidecar.budget.events": MetricDoc(
         ("sidecar.budget", "event"), "Downgrades and alerts of budgets past their limit"
     ),
-    "sidecar.cache.lookups": MetricDoc(("sidecar.route", "result")),
+    "sidecar.cache.lookups": MetricDoc(("sidecar.route", "result", "reason")),
     "sidecar.cache.saved": MetricDoc(("sidecar.route",)),
     "sidecar.output.validations": MetricDoc(
         ("sidecar.route", "sidecar.model", "sidecar.output", "sidecar.enforce"),
@@ -136,6 +140,9 @@ METRICS: dict[str, MetricDoc] = {
         ("sidecar.route", "sidecar.tier", "sidecar.check", "result")
     ),
     "sidecar.cascade.escalation.cost": MetricDoc(("sidecar.route", "sidecar.tier")),
+    "sidecar.cache.verifications": MetricDoc(("sidecar.cache", "result")),
+    "sidecar.cache.agreement": MetricDoc(("sidecar.cache",)),
+    "sidecar.cache.similarity": MetricDoc(("sidecar.cache",)),
     "sidecar.circuit.state": MetricDoc(("sidecar.target",)),
     "sidecar.budget.spend": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
     "sidecar.budget.remaining": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
