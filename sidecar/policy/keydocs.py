@@ -442,6 +442,39 @@ KEYS: dict[str, KeyDoc] = {
         "buffer",
         "passthrough",
     ),
+    "routes.<name>.shadow": D(
+        "A shadow trial: after an answer went out, a sample of the route's requests is sent "
+        "again to each candidate and the answers compared, at no cost to the app's latency.",
+        "off",
+        {"candidates": ["gpt-4o-mini"], "max_usd_per_day": 5},
+    ),
+    "routes.<name>.shadow.candidates": D(
+        "Models of `models` to try (not the route's first target).",
+        example=["gpt-4o-mini", "claude-haiku"],
+    ),
+    "routes.<name>.shadow.sample": D(
+        "Share of answered requests copied to each candidate.", "0.05", 0.1
+    ),
+    "routes.<name>.shadow.max_usd_per_day": D(
+        "The trial's spend per UTC day, all replicas together; then samples are skipped.",
+        example=5,
+    ),
+    "routes.<name>.shadow.max_concurrent": D(
+        "Shadow calls of this route in flight per process; more samples are skipped.", "4", 8
+    ),
+    "routes.<name>.shadow.timeout": D("Per candidate call.", "the route's timeout", "30s"),
+    "routes.<name>.shadow.compare": D(
+        "Semantic agreement: answers whose embeddings are close enough agree.",
+        "exact and JSON-equal only",
+        {"embedding": "text-embedding-3-small", "similarity": 0.9},
+    ),
+    "routes.<name>.shadow.compare.embedding": D(
+        "The embeddings model of `models` to compare with (its calls are trial spend).",
+        example="text-embedding-3-small",
+    ),
+    "routes.<name>.shadow.compare.similarity": D(
+        "Cosine similarity from which two answers agree.", "0.9", 0.92
+    ),
     # limits
     "limits": D(
         "Rate, token and concurrency limits per user, team, route, key or globally.",
@@ -593,6 +626,28 @@ KEYS: dict[str, KeyDoc] = {
     ),
     "telemetry.max_users": D(
         "Distinct users per process in metrics; the rest count as `(other)`.", "100", 100
+    ),
+    # quality
+    "quality": D(
+        "What quality signals look for, and the app's feedback.",
+        example={"feedback": {"ttl": "1h"}},
+    ),
+    "quality.refusals": D(
+        "Regular expressions matched without case in an answer's first 300 characters: a "
+        "refusal signal; they replace the built-in English patterns.",
+        "built-in English patterns",
+        ["^\\W*I (can't|cannot) (help|assist)"],
+    ),
+    "quality.feedback": D(
+        "App feedback (`POST /v1/feedback`) on answers.", "ttl 1h", {"ttl": "1h"}
+    ),
+    "quality.feedback.ttl": D(
+        "How long an answer takes feedback (`0s`: no feedback at all).", "1h", "2h"
+    ),
+    "quality.feedback.labels": D(
+        "Feedback labels kept as a metric attribute; others count as `(other)`.",
+        "none",
+        ["wrong", "rude"],
     ),
     # jobs
     "jobs": D(

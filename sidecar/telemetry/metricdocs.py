@@ -47,7 +47,8 @@ ATTRIBUTES = {
     "sidecar.budget.scope": "the budget's scope",
     "sidecar.budget.window": "the budget's window",
     "sidecar.budget.scope_value": "the scope value the spend is counted for",
-    "sidecar.output": "`valid`, `repaired`, `default` or `invalid`",
+    "sidecar.output": "an output check: `valid`, `repaired`, `default`, `rejected` or "
+    "`invalid`; a shadow answer: `valid`, `invalid` or `unchecked`",
     "sidecar.enforce": "`native` when the provider was asked to enforce the schema, else `none`",
     "sidecar.target": "the model whose breaker it is",
     "sidecar.attempt": "the attempt's number in the request",
@@ -70,6 +71,13 @@ ATTRIBUTES = {
     "reason": "why a request was not a cache hit: `x-sidecar-cache`, `no-store`, `tools`, "
     "`temperature`, `guard:<kind>`, `tightened`, `store`, ...",
     "sidecar.cache": "the `cache` entry's name",
+    "sidecar.signal": "a quality signal: `truncated`, `refusal` or `empty`",
+    "sidecar.feedback": "`up` (a score of 0.5 or more) or `down`",
+    "sidecar.label": "a `quality.feedback.labels` label, `(other)` or `(none)`",
+    "sidecar.shadow.candidate": "the shadow trial's candidate model",
+    "sidecar.agreement": "`agree`, `disagree` or `error` (the candidate failed)",
+    "sidecar.side": "`candidate` or `primary`",
+    "sidecar.reason": "why a sample was not shadowed: `limit` or `busy`",
     "outcome": "an attempt: `ok` or its failure class; a batch line: how it landed; a "
     "checked answer: `accepted` or `escalated`",
     "event": "what the budget did: `downgrade` or `alert`",
@@ -126,7 +134,7 @@ METRICS: dict[str, MetricDoc] = {
     "sidecar.cache.lookups": MetricDoc(("sidecar.route", "result", "reason")),
     "sidecar.cache.saved": MetricDoc(("sidecar.route",)),
     "sidecar.output.validations": MetricDoc(
-        ("sidecar.route", "sidecar.model", "sidecar.output", "sidecar.enforce"),
+        ("sidecar.route", "sidecar.model", "sidecar.output", "sidecar.enforce", "sidecar.tier"),
         "Answers checked against a route's output schema, by verdict",
     ),
     "sidecar.batch.lines.finished": MetricDoc(("sidecar.provider", "outcome")),
@@ -143,6 +151,33 @@ METRICS: dict[str, MetricDoc] = {
     "sidecar.cache.verifications": MetricDoc(("sidecar.cache", "result")),
     "sidecar.cache.agreement": MetricDoc(("sidecar.cache",)),
     "sidecar.cache.similarity": MetricDoc(("sidecar.cache",)),
+    "sidecar.quality.signals": MetricDoc(
+        ("sidecar.route", "sidecar.model", "sidecar.tier", "sidecar.signal")
+    ),
+    "sidecar.feedback": MetricDoc(
+        (
+            "sidecar.route",
+            "sidecar.model",
+            "sidecar.tier",
+            "sidecar.user",
+            "sidecar.feedback",
+            "sidecar.label",
+        )
+    ),
+    "sidecar.feedback.score": MetricDoc(
+        ("sidecar.route", "sidecar.model", "sidecar.tier", "sidecar.user")
+    ),
+    "sidecar.shadow.comparisons": MetricDoc(
+        ("sidecar.route", "sidecar.shadow.candidate", "sidecar.agreement", "sidecar.output")
+    ),
+    "sidecar.shadow.skipped": MetricDoc(
+        ("sidecar.route", "sidecar.shadow.candidate", "sidecar.reason")
+    ),
+    "sidecar.shadow.duration": MetricDoc(
+        ("sidecar.route", "sidecar.shadow.candidate", "sidecar.side")
+    ),
+    "sidecar.shadow.cost": MetricDoc(("sidecar.route", "sidecar.shadow.candidate", "sidecar.side")),
+    "sidecar.shadow.running": MetricDoc(("sidecar.route", "sidecar.shadow.candidate")),
     "sidecar.circuit.state": MetricDoc(("sidecar.target",)),
     "sidecar.budget.spend": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
     "sidecar.budget.remaining": MetricDoc((*_BUDGET, "sidecar.budget.scope_value")),
