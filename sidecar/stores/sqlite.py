@@ -2,9 +2,13 @@
 so spend and rate state survive a restart without any server.
 
 Writes are batched off the request path: every `flush_interval` the rows changed since
-the last flush are upserted in one transaction on a worker thread, and once more on
+the last flush are upserted in one transaction on the store's own thread, and once more on
 close. A crash (not a SIGTERM) loses at most the last interval. One process owns the
 file; for state shared between sidecars use Redis.
+
+A write, once its rows have left the dirty sets, is shielded from cancellation (a stop can
+land at any moment), and the store's one thread runs its jobs in order, so close() never
+closes the file under a write still running or queued.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sidecar.stores.memory import MemoryState
@@ -57,10 +62,19 @@ class SqliteState(MemoryState):
         self._dirty_tallies: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sidecar-state-sqlite")
+
+    async def _call(self, fn: Callable[..., None], *args: object) -> None:
+        job = asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(_log_failure)
+            raise
 
     async def open(self) -> SqliteState:
         try:
-            await asyncio.to_thread(self._load)
+            await self._call(self._load)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open state file {self.path}: {exc}") from None
         self._flusher = asyncio.create_task(self._flush_forever())
@@ -168,7 +182,7 @@ class SqliteState(MemoryState):
             self._dirty_levels, self._dirty_notes, self._dirty_tallies = set(), set(), set()
             if rows or rates or seen or levels or notes or tallies:
                 try:
-                    await asyncio.to_thread(self._write, rows, rates, seen, levels, notes, tallies)
+                    await self._call(self._write, rows, rates, seen, levels, notes, tallies)
                 except sqlite3.Error:
                     # Keep them dirty so the next flush tries again.
                     for now_dirty, kept in zip(self._dirty(), written, strict=True):
@@ -221,5 +235,13 @@ class SqliteState(MemoryState):
                 await self._flusher
         await self.flush()
         if self._db is not None:
-            await asyncio.to_thread(self._db.close)
+            await self._call(self._db.close)  # after any write still on the thread
             self._db = None
+        self._thread.shutdown(wait=False)
+
+
+def _log_failure(job: asyncio.Future[None]) -> None:
+    """A write whose flush was cancelled still runs: if it fails, nobody awaits it but the
+    log must say so."""
+    if not job.cancelled() and (exc := job.exception()) is not None:
+        log.error("state: a write cancelled mid-way failed (%s)", exc)

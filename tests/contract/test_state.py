@@ -381,3 +381,25 @@ async def test_sqlite_writes_behind_while_running(tmp_path: Path):
             await reader.close()  # it changed nothing, so it writes nothing
     finally:
         await store.close()
+
+
+async def test_sqlite_close_during_a_background_write_loses_nothing(tmp_path: Path):
+    """A stop that lands while the flusher is writing (the kubelet's SIGTERM at any moment)
+    must neither close the file under that write (a crash, or lost rows) nor drop it."""
+    path = tmp_path / "s.db"
+    store = await SqliteState(path, flush_interval=0.01).open()
+    for i in range(60_000):  # a write that takes a while on its thread
+        await store.note(f"n:{i}", "x", 600.0)
+    for _ in range(2_000):  # until the flusher has begun writing
+        if store._lock.locked():
+            break
+        await asyncio.sleep(0.001)
+    assert store._lock.locked()
+    await store.close()
+
+    again = await SqliteState(path, flush_interval=60.0).open()
+    try:
+        assert await again.recall("n:0") == "x"
+        assert await again.recall("n:59999") == "x"
+    finally:
+        await again.close()
