@@ -173,7 +173,7 @@ def test_oci_labels():
     for label in FINAL.all("LABEL"):
         labels.update(label.pairs())
     assert labels["org.opencontainers.image.title"] == "llm-sidecar"
-    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
     for key in ("description", "version", "revision", "created", "source"):
         assert labels[f"org.opencontainers.image.{key}"]
 
